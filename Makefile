@@ -1,0 +1,43 @@
+# Two commands for a fresh machine: `make run` and `make test`. Both install into .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard proto/vecserve/v1/*.proto)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run test test-quick lint proto proto-check buf-lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/vecserve serve
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Regenerate the Python stubs from proto/ (never edit the *_pb2*.py files by hand).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto $(PROTOS)
+
+proto-check: $(STAMP)
+	$(PY) -m pytest tests/test_proto.py -q
+
+buf-lint:
+	cd proto && npx -y @bufbuild/buf lint
+
+clean:
+	rm -rf $(VENV) .pytest_cache

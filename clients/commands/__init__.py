@@ -1,0 +1,1 @@
+"""Subcommands of the `vecserve` command line, one module per service."""

@@ -1,0 +1,56 @@
+"""`vecserve serve`: run the server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the vecserve gRPC server until SIGTERM or SIGINT. "
+        "Every option can also be set through the VECSERVE_* variable named after it.",
+    )
+    parser.add_argument("--listen", help="HOST:PORT to listen on (VECSERVE_LISTEN; default 127.0.0.1:50051)")
+    parser.add_argument(
+        "--data-dir", help="directory of persisted indexes (VECSERVE_DATA_DIR; default indexes)"
+    )
+    parser.add_argument(
+        "--model",
+        help="sentence-transformers model directory or name (VECSERVE_MODEL; default: the packaged "
+        "all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (VECSERVE_DEVICE; default auto)",
+    )
+    parser.add_argument("--max-texts-per-request", type=int, help="VECSERVE_MAX_TEXTS_PER_REQUEST")
+    parser.add_argument("--max-text-characters", type=int, help="VECSERVE_MAX_TEXT_CHARACTERS")
+    parser.add_argument("--max-message-bytes", type=int, help="VECSERVE_MAX_MESSAGE_BYTES")
+    parser.add_argument("--worker-threads", type=int, help="VECSERVE_WORKER_THREADS")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so client-only commands start fast and need no model stack.
+    from service.config import settings_from_env
+    from service.server import serve
+
+    try:
+        settings = settings_from_env(
+            listen=args.listen,
+            data_dir=args.data_dir,
+            model=args.model,
+            device=args.device,
+            max_texts_per_request=args.max_texts_per_request,
+            max_text_characters=args.max_text_characters,
+            max_message_bytes=args.max_message_bytes,
+            worker_threads=args.worker_threads,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return serve(settings)

@@ -1,0 +1,105 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AnalogyMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ANALOGY_METHOD_UNSPECIFIED: _ClassVar[AnalogyMethod]
+    ANALOGY_METHOD_COSADD: _ClassVar[AnalogyMethod]
+    ANALOGY_METHOD_COSMUL: _ClassVar[AnalogyMethod]
+ANALOGY_METHOD_UNSPECIFIED: AnalogyMethod
+ANALOGY_METHOD_COSADD: AnalogyMethod
+ANALOGY_METHOD_COSMUL: AnalogyMethod
+
+class ScoredWord(_message.Message):
+    __slots__ = ("word", "score")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    word: str
+    score: float
+    def __init__(self, word: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SolveAnalogyRequest(_message.Message):
+    __slots__ = ("positive", "negative", "method", "k", "vocabulary_index")
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    positive: _containers.RepeatedScalarFieldContainer[str]
+    negative: _containers.RepeatedScalarFieldContainer[str]
+    method: AnalogyMethod
+    k: int
+    vocabulary_index: str
+    def __init__(self, positive: _Optional[_Iterable[str]] = ..., negative: _Optional[_Iterable[str]] = ..., method: _Optional[_Union[AnalogyMethod, str]] = ..., k: _Optional[int] = ..., vocabulary_index: _Optional[str] = ...) -> None: ...
+
+class SolveAnalogyResponse(_message.Message):
+    __slots__ = ("answers", "method")
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[ScoredWord]
+    method: AnalogyMethod
+    def __init__(self, answers: _Optional[_Iterable[_Union[ScoredWord, _Mapping]]] = ..., method: _Optional[_Union[AnalogyMethod, str]] = ...) -> None: ...
+
+class WordPair(_message.Message):
+    __slots__ = ("first", "second")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    SECOND_FIELD_NUMBER: _ClassVar[int]
+    first: str
+    second: str
+    def __init__(self, first: _Optional[str] = ..., second: _Optional[str] = ...) -> None: ...
+
+class CompareRelationsRequest(_message.Message):
+    __slots__ = ("reference", "candidates")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    reference: WordPair
+    candidates: _containers.RepeatedCompositeFieldContainer[WordPair]
+    def __init__(self, reference: _Optional[_Union[WordPair, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[WordPair, _Mapping]]] = ...) -> None: ...
+
+class RelationComparison(_message.Message):
+    __slots__ = ("candidate", "offset_similarity", "pair_similarity")
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    PAIR_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    candidate: WordPair
+    offset_similarity: float
+    pair_similarity: float
+    def __init__(self, candidate: _Optional[_Union[WordPair, _Mapping]] = ..., offset_similarity: _Optional[float] = ..., pair_similarity: _Optional[float] = ...) -> None: ...
+
+class CompareRelationsResponse(_message.Message):
+    __slots__ = ("reference_pair_similarity", "comparisons")
+    REFERENCE_PAIR_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    reference_pair_similarity: float
+    comparisons: _containers.RepeatedCompositeFieldContainer[RelationComparison]
+    def __init__(self, reference_pair_similarity: _Optional[float] = ..., comparisons: _Optional[_Iterable[_Union[RelationComparison, _Mapping]]] = ...) -> None: ...
+
+class FindSimilarWordsRequest(_message.Message):
+    __slots__ = ("queries", "k", "vocabulary_index")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    vocabulary_index: str
+    def __init__(self, queries: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., vocabulary_index: _Optional[str] = ...) -> None: ...
+
+class SimilarWords(_message.Message):
+    __slots__ = ("query", "words")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    words: _containers.RepeatedCompositeFieldContainer[ScoredWord]
+    def __init__(self, query: _Optional[str] = ..., words: _Optional[_Iterable[_Union[ScoredWord, _Mapping]]] = ...) -> None: ...
+
+class FindSimilarWordsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SimilarWords]
+    def __init__(self, results: _Optional[_Iterable[_Union[SimilarWords, _Mapping]]] = ...) -> None: ...

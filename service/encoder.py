@@ -1,0 +1,176 @@
+"""The encoder: a sentence-transformers model that tokenizes and embeds text (no transport code here)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+ENCODE_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_name: str
+    dimension: int
+    max_sequence_length: int
+    vocabulary_size: int
+    device: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+    id: int
+    start: int
+    end: int
+    special: bool
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    tokens: list[Token]
+    exceeds_max_length: bool
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: np.ndarray  # (len(texts), dimension) float32
+    token_counts: list[int]  # whole input, special tokens included, before truncation
+    truncated: list[bool]
+
+
+def resolve_device(requested: str, cuda_available: bool) -> tuple[str, str]:
+    """Device and weight dtype for a --device choice: CUDA runs in half precision, the CPU in float32."""
+    if requested == "auto":
+        requested = "cuda" if cuda_available else "cpu"
+    if requested.startswith("cuda"):
+        if not cuda_available:
+            raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+        return requested, "float16"
+    if requested != "cpu":
+        raise ValueError(f"unknown device {requested!r}: use auto, cpu or cuda")
+    return "cpu", "float32"
+
+
+class Encoder:
+    """Wraps a sentence-transformers model; safe to call from many threads."""
+
+    def __init__(self, model_name_or_path: str, device: str = "auto") -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.models import Normalize
+
+        device_name, dtype = resolve_device(device, torch.cuda.is_available())
+        log.info("loading model %s on %s (%s)", model_name_or_path, device_name, dtype)
+        model = SentenceTransformer(model_name_or_path, device=device_name)
+        if dtype == "float16":
+            model.half()
+        # Normalization is a per-request option, so a model's own trailing Normalize layer is
+        # dropped and normalize_embeddings applied instead.
+        if len(model) and isinstance(model[len(model) - 1], Normalize):
+            del model[len(model) - 1]
+        model.eval()
+        self._model = model
+        self._tokenizer = model.tokenizer
+        # Hugging Face fast tokenizers and torch modules are not safe for concurrent calls.
+        self._tokenizer_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        dimension = (
+            model.get_embedding_dimension()
+            if hasattr(model, "get_embedding_dimension")
+            else model.get_sentence_embedding_dimension()
+        )
+        self.info = ModelInfo(
+            model_name=model_name_or_path,
+            dimension=int(dimension),
+            max_sequence_length=int(model.max_seq_length),
+            vocabulary_size=len(self._tokenizer),
+            device=str(model.device),
+            dtype=dtype,
+        )
+
+    @property
+    def dimension(self) -> int:
+        return self.info.dimension
+
+    def _encode_ids(self, texts: Sequence[str], add_special_tokens: bool) -> dict:
+        with self._tokenizer_lock:
+            return self._tokenizer(
+                list(texts),
+                add_special_tokens=add_special_tokens,
+                truncation=False,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+                verbose=False,
+            )
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text, special tokens included, without truncation."""
+        with self._tokenizer_lock:
+            encoded = self._tokenizer(list(texts), truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[TokenizedText]:
+        encoded = self._encode_ids(texts, add_special_tokens)
+        results = []
+        limit = self.info.max_sequence_length
+        for ids, offsets, special_mask in zip(
+            encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"], strict=True
+        ):
+            pieces = self._tokenizer.convert_ids_to_tokens(ids)
+            tokens = [
+                Token(text=piece, id=int(token_id), start=int(start), end=int(end), special=bool(special))
+                for piece, token_id, (start, end), special in zip(
+                    pieces, ids, offsets, special_mask, strict=True
+                )
+            ]
+            # Length with special tokens is what the model limit applies to.
+            full_length = len(ids) + (
+                0 if add_special_tokens else self._tokenizer.num_special_tokens_to_add()
+            )
+            results.append(TokenizedText(tokens=tokens, exceeds_max_length=full_length > limit))
+        return results
+
+    def embed(self, texts: Sequence[str], normalize: bool = True, truncate: bool = True) -> EmbedResult:
+        """Vectors for texts; inputs over the max sequence length are cut, or refused when truncate=False."""
+        limit = self.info.max_sequence_length
+        token_counts = self.count_tokens(texts)
+        truncated = [count > limit for count in token_counts]
+        if not truncate:
+            for position, count in enumerate(token_counts):
+                if count > limit:
+                    raise InvalidArgument(
+                        f"texts[{position}] has {count} tokens, more than the model's maximum of {limit}; "
+                        "shorten it or allow truncation",
+                        field=f"texts[{position}]",
+                    )
+        vectors = self.encode(texts, normalize=normalize)
+        return EmbedResult(vectors=vectors, token_counts=token_counts, truncated=truncated)
+
+    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+        """Just the vectors, float32, one row per text (inputs over the limit are cut)."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._model_lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=ENCODE_BATCH_SIZE,
+                convert_to_numpy=True,
+                normalize_embeddings=normalize,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def similarity_matrix(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of every left text with every right text."""
+        vectors = self.encode([*left, *right], normalize=True)
+        return vectors[: len(left)] @ vectors[len(left) :].T

@@ -1,0 +1,29 @@
+"""Domain errors raised by the core; the transport maps each to one gRPC status code."""
+
+
+class VecserveError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class InvalidArgument(VecserveError):
+    """The caller's input is malformed or out of range; `field` names the offending input when known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(VecserveError):
+    """A named resource (index, document) does not exist."""
+
+
+class AlreadyExists(VecserveError):
+    """A resource with that name already exists."""
+
+
+class Overloaded(VecserveError):
+    """The server is at capacity (a queue is full); retrying later may succeed."""
+
+
+class FailedPrecondition(VecserveError):
+    """The request is valid but the system is not in a state to perform it."""

@@ -1,0 +1,86 @@
+"""Builds the gRPC server around the core components and runs it until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+from service.config import Settings
+from service.encoder import Encoder
+from service.servicers.embedding import EmbeddingServicer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningServer:
+    """A started server, the port it bound and what must be closed when it stops."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops accepting calls, lets in-flight calls finish within grace seconds, then closes the core."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        for close in self.closers:
+            close()
+
+
+def _service_name(descriptor_module: object, service: str) -> str:
+    return descriptor_module.DESCRIPTOR.services_by_name[service].full_name  # type: ignore[attr-defined]
+
+
+def create_server(settings: Settings, encoder: Encoder | None = None) -> RunningServer:
+    """Builds and starts a server on settings.listen ("127.0.0.1:0" picks a free port)."""
+    encoder = encoder or Encoder(settings.model_name_or_path, settings.device)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(encoder, settings), server)
+    service_names = [_service_name(embedding_pb2, "EmbeddingService")]
+
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in [*service_names, ""]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(settings.listen)
+    server.start()
+    log.info("vecserve listening on %s (port %d)", settings.listen, port)
+    return RunningServer(server=server, port=port, health=health_servicer)
+
+
+def serve(settings: Settings) -> int:
+    """Runs the server until SIGTERM or SIGINT, then shuts down gracefully; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    running = create_server(settings)
+    stop_requested.wait()
+    running.stop(settings.shutdown_grace_seconds)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,94 @@
+"""vecserve.v1.EmbeddingService over the Encoder."""
+
+from __future__ import annotations
+
+import grpc
+from vecserve.v1 import embedding_pb2 as pb
+from vecserve.v1 import embedding_pb2_grpc as pb_grpc
+
+from service import __version__
+from service.config import Settings
+from service.encoder import Encoder
+from service.servicers.status import translate_errors
+from service.validation import check_texts
+
+
+class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
+    def __init__(self, encoder: Encoder, settings: Settings) -> None:
+        self._encoder = encoder
+        self._settings = settings
+
+    def _check(self, texts: list[str], field: str, allow_blank: bool = False) -> None:
+        check_texts(
+            texts,
+            field,
+            max_count=self._settings.max_texts_per_request,
+            max_characters=self._settings.max_text_characters,
+            allow_blank=allow_blank,
+        )
+
+    @translate_errors
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        texts = list(request.texts)
+        self._check(texts, "texts")
+        result = self._encoder.embed(
+            texts,
+            normalize=request.normalize if request.HasField("normalize") else True,
+            truncate=request.truncate if request.HasField("truncate") else True,
+        )
+        return pb.EmbedResponse(
+            embeddings=[
+                pb.Embedding(values=vector, token_count=count, truncated=cut)
+                for vector, count, cut in zip(
+                    result.vectors.tolist(), result.token_counts, result.truncated, strict=True
+                )
+            ],
+            dimension=self._encoder.dimension,
+        )
+
+    @translate_errors
+    def Tokenize(self, request: pb.TokenizeRequest, context: grpc.ServicerContext) -> pb.TokenizeResponse:
+        texts = list(request.texts)
+        self._check(texts, "texts", allow_blank=True)
+        add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
+        results = self._encoder.tokenize(texts, add_special_tokens=add_special)
+        return pb.TokenizeResponse(
+            results=[
+                pb.TokenizedText(
+                    tokens=[
+                        pb.Token(text=t.text, id=t.id, start=t.start, end=t.end, special=t.special)
+                        for t in result.tokens
+                    ],
+                    exceeds_max_length=result.exceeds_max_length,
+                )
+                for result in results
+            ]
+        )
+
+    @translate_errors
+    def CompareTexts(
+        self, request: pb.CompareTextsRequest, context: grpc.ServicerContext
+    ) -> pb.CompareTextsResponse:
+        left, right = list(request.left_texts), list(request.right_texts)
+        self._check(left, "left_texts")
+        self._check(right, "right_texts")
+        matrix = self._encoder.similarity_matrix(left, right)
+        return pb.CompareTextsResponse(rows=[pb.SimilarityRow(scores=row) for row in matrix.tolist()])
+
+    @translate_errors
+    def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        info = self._encoder.info
+        return pb.GetModelInfoResponse(
+            model_name=info.model_name,
+            dimension=info.dimension,
+            max_sequence_length=info.max_sequence_length,
+            vocabulary_size=info.vocabulary_size,
+            device=info.device,
+            dtype=info.dtype,
+            server_version=__version__,
+            max_texts_per_request=self._settings.max_texts_per_request,
+            max_text_characters=self._settings.max_text_characters,
+            max_message_bytes=self._settings.max_message_bytes,
+        )

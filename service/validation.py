@@ -1,0 +1,36 @@
+"""Input checks shared by the transport and the core; every failure names the offending field."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.errors import InvalidArgument
+
+
+def check_texts(
+    texts: Sequence[str],
+    field: str,
+    max_count: int,
+    max_characters: int,
+    allow_blank: bool = False,
+) -> None:
+    """A batch must be non-empty and within limits; blank texts are refused unless allow_blank."""
+    if not texts:
+        raise InvalidArgument(f"{field} is empty: send at least one text", field=field)
+    if len(texts) > max_count:
+        raise InvalidArgument(
+            f"{field} has {len(texts)} texts, more than the limit of {max_count} per request; "
+            "split the batch",
+            field=field,
+        )
+    for position, text in enumerate(texts):
+        if len(text) > max_characters:
+            raise InvalidArgument(
+                f"{field}[{position}] has {len(text)} characters, more than the limit of {max_characters}",
+                field=f"{field}[{position}]",
+            )
+        if not allow_blank and not text.strip():
+            raise InvalidArgument(
+                f"{field}[{position}] is empty or only whitespace: there is nothing to embed",
+                field=f"{field}[{position}]",
+            )

@@ -67,7 +67,11 @@ class Encoder:
     def __init__(self, model_name_or_path: str, device: str = "auto") -> None:
         import torch
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.models import Normalize
+
+        try:
+            from sentence_transformers.sentence_transformer.modules import Normalize
+        except ImportError:  # sentence-transformers < 6
+            from sentence_transformers.models import Normalize
 
         device_name, dtype = resolve_device(device, torch.cuda.is_available())
         log.info("loading model %s on %s (%s)", model_name_or_path, device_name, dtype)

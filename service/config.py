@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.batching import BatchingSettings
+from service.errors import InvalidSettings
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = "indexes"
 DEVICES = ("auto", "cpu", "cuda")
@@ -33,15 +36,37 @@ class Settings:
     worker_threads: int = 32
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace_seconds: float = 10.0
+    # Dynamic batching of concurrent encoder calls (see service/batching.py).
+    dynamic_batching: bool = True
+    max_batch_tokens: int = 16384
+    max_batch_wait_ms: float = 2.0
+    max_queued_texts: int = 8192
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise InvalidSettings(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         for name in ("max_texts_per_request", "max_text_characters", "max_message_bytes", "worker_threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidSettings(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_batch_tokens", "max_queued_texts"):
+            if getattr(self, name) < 1:
+                raise InvalidSettings(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.max_batch_wait_ms <= 1000:
+            raise InvalidSettings(
+                f"max_batch_wait_ms must be between 0 and 1000, got {self.max_batch_wait_ms}"
+            )
         if self.shutdown_grace_seconds < 0:
-            raise ValueError("shutdown_grace_seconds must not be negative")
+            raise InvalidSettings("shutdown_grace_seconds must not be negative")
+
+    @property
+    def batching(self) -> BatchingSettings | None:
+        if not self.dynamic_batching:
+            return None
+        return BatchingSettings(
+            max_batch_tokens=self.max_batch_tokens,
+            max_wait_seconds=self.max_batch_wait_ms / 1000,
+            max_queued_texts=self.max_queued_texts,
+        )
 
     @property
     def model_name_or_path(self) -> str:
@@ -77,7 +102,7 @@ def settings_from_env(**overrides: object) -> Settings:
             else:
                 values[field_name] = raw
         except ValueError as exc:
-            raise ValueError(f"VECSERVE_{field_name.upper()}={raw!r} is not valid: {exc}") from exc
+            raise InvalidSettings(f"VECSERVE_{field_name.upper()}={raw!r} is not valid: {exc}") from exc
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "data_dir" in values:
         values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]

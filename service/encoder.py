@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Sequence
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import InvalidArgument
+from service.batching import BatchingSettings, DynamicBatcher
+from service.errors import InvalidArgument, InvalidSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +56,27 @@ def resolve_device(requested: str, cuda_available: bool) -> tuple[str, str]:
         requested = "cuda" if cuda_available else "cpu"
     if requested.startswith("cuda"):
         if not cuda_available:
-            raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+            raise InvalidSettings("device 'cuda' was requested but torch sees no CUDA device")
         return requested, "float16"
     if requested != "cpu":
-        raise ValueError(f"unknown device {requested!r}: use auto, cpu or cuda")
+        raise InvalidSettings(f"unknown device {requested!r}: use auto, cpu or cuda")
     return "cpu", "float32"
 
 
 class Encoder:
-    """Wraps a sentence-transformers model; safe to call from many threads."""
+    """Wraps a sentence-transformers model; safe to call from many threads.
 
-    def __init__(self, model_name_or_path: str, device: str = "auto") -> None:
+    With `batching` settings, concurrent calls are gathered by a DynamicBatcher into shared model
+    calls; without, each call runs the model on its own, one at a time.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        device: str = "auto",
+        batching: BatchingSettings | None = None,
+        max_texts_per_request: int = 1024,
+    ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -84,8 +96,9 @@ class Encoder:
             del model[len(model) - 1]
         model.eval()
         self._model = model
-        self._tokenizer = model.tokenizer
-        # Hugging Face fast tokenizers and torch modules are not safe for concurrent calls.
+        # Hugging Face fast tokenizers are not safe for concurrent calls, and the model's own one is
+        # busy inside model calls: request threads count and split tokens with a copy of their own.
+        self._tokenizer = copy.deepcopy(model.tokenizer)
         self._tokenizer_lock = threading.Lock()
         self._model_lock = threading.Lock()
         dimension = (
@@ -101,6 +114,19 @@ class Encoder:
             device=str(model.device),
             dtype=dtype,
         )
+        self._batcher: DynamicBatcher | None = None
+        if batching is not None:
+            batching.check(self.info.max_sequence_length, max_texts_per_request)
+            self._batcher = DynamicBatcher(self._run_model, batching)
+
+    def close(self) -> None:
+        """Stops the batching worker after it has finished the queued work."""
+        if self._batcher is not None:
+            self._batcher.close()
+
+    @property
+    def queued_texts(self) -> int:
+        return self._batcher.queued_texts if self._batcher else 0
 
     @property
     def dimension(self) -> int:
@@ -157,22 +183,37 @@ class Encoder:
                         "shorten it or allow truncation",
                         field=f"texts[{position}]",
                     )
-        vectors = self.encode(texts, normalize=normalize)
+        vectors = self._vectors(texts, token_counts, normalize)
         return EmbedResult(vectors=vectors, token_counts=token_counts, truncated=truncated)
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         """Just the vectors, float32, one row per text (inputs over the limit are cut)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._model_lock:
-            vectors = self._model.encode(
-                list(texts),
-                batch_size=ENCODE_BATCH_SIZE,
-                convert_to_numpy=True,
-                normalize_embeddings=normalize,
-                show_progress_bar=False,
-            )
+        return self._vectors(texts, self.count_tokens(texts), normalize)
+
+    def _vectors(self, texts: Sequence[str], token_counts: Sequence[int], normalize: bool) -> np.ndarray:
+        if self._batcher is not None:
+            limit = self.info.max_sequence_length
+            vectors = self._batcher.run(texts, [min(n, limit) for n in token_counts])
+        else:
+            with self._model_lock:
+                vectors = self._run_model(list(texts))
+        if normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _run_model(self, texts: list[str]) -> np.ndarray:
+        """Raw pooled vectors; called by one thread at a time (the batcher's worker or under the lock)."""
+        vectors = self._model.encode(
+            texts,
+            batch_size=ENCODE_BATCH_SIZE,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
 
     def similarity_matrix(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
         """Cosine similarity of every left text with every right text."""

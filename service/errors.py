@@ -27,3 +27,7 @@ class Overloaded(VecserveError):
 
 class FailedPrecondition(VecserveError):
     """The request is valid but the system is not in a state to perform it."""
+
+
+class InvalidSettings(ValueError):
+    """Server settings that cannot work; the server refuses to start with them."""

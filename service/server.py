@@ -44,7 +44,15 @@ def _service_name(descriptor_module: object, service: str) -> str:
 
 def create_server(settings: Settings, encoder: Encoder | None = None) -> RunningServer:
     """Builds and starts a server on settings.listen ("127.0.0.1:0" picks a free port)."""
-    encoder = encoder or Encoder(settings.model_name_or_path, settings.device)
+    closers: list[Callable[[], None]] = []
+    if encoder is None:
+        encoder = Encoder(
+            settings.model_name_or_path,
+            settings.device,
+            batching=settings.batching,
+            max_texts_per_request=settings.max_texts_per_request,
+        )
+        closers.append(encoder.close)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
         options=[
@@ -65,7 +73,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     port = server.add_insecure_port(settings.listen)
     server.start()
     log.info("vecserve listening on %s (port %d)", settings.listen, port)
-    return RunningServer(server=server, port=port, health=health_servicer)
+    return RunningServer(server=server, port=port, health=health_servicer, closers=closers)
 
 
 def serve(settings: Settings) -> int:

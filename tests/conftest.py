@@ -13,15 +13,18 @@ from pathlib import Path
 import pytest
 
 from clients import VecserveClient
+from service.batching import BatchingSettings
 from service.config import Settings, default_model_path
 from service.encoder import Encoder
 from service.server import RunningServer, create_server
 
 
 @pytest.fixture(scope="session")
-def encoder() -> Encoder:
-    """The real default model on the CPU, loaded once for the whole session."""
-    return Encoder(default_model_path(), device="cpu")
+def encoder() -> Iterator[Encoder]:
+    """The real default model on the CPU with dynamic batching, loaded once for the whole session."""
+    loaded = Encoder(default_model_path(), device="cpu", batching=BatchingSettings())
+    yield loaded
+    loaded.close()
 
 
 @pytest.fixture(scope="session")

@@ -31,12 +31,31 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--max-text-characters", type=int, help="VECSERVE_MAX_TEXT_CHARACTERS")
     parser.add_argument("--max-message-bytes", type=int, help="VECSERVE_MAX_MESSAGE_BYTES")
     parser.add_argument("--worker-threads", type=int, help="VECSERVE_WORKER_THREADS")
+    parser.add_argument(
+        "--no-dynamic-batching",
+        dest="dynamic_batching",
+        action="store_const",
+        const=False,
+        help="run each encoder call on its own instead of gathering concurrent calls "
+        "(VECSERVE_DYNAMIC_BATCHING=false)",
+    )
+    parser.add_argument(
+        "--max-batch-tokens", type=int, help="padded tokens per model batch (VECSERVE_MAX_BATCH_TOKENS)"
+    )
+    parser.add_argument(
+        "--max-batch-wait-ms", type=float, help="longest wait to fill a batch (VECSERVE_MAX_BATCH_WAIT_MS)"
+    )
+    parser.add_argument(
+        "--max-queued-texts", type=int, help="texts waiting for the model before calls are refused "
+        "with RESOURCE_EXHAUSTED (VECSERVE_MAX_QUEUED_TEXTS)"
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so client-only commands start fast and need no model stack.
     from service.config import settings_from_env
+    from service.errors import InvalidSettings
     from service.server import serve
 
     try:
@@ -49,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
             max_text_characters=args.max_text_characters,
             max_message_bytes=args.max_message_bytes,
             worker_threads=args.worker_threads,
+            dynamic_batching=args.dynamic_batching,
+            max_batch_tokens=args.max_batch_tokens,
+            max_batch_wait_ms=args.max_batch_wait_ms,
+            max_queued_texts=args.max_queued_texts,
         )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        return serve(settings)
+    except InvalidSettings as error:
+        print(f"error: invalid settings: {error}", file=sys.stderr)
         return 2
-    return serve(settings)

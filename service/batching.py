@@ -1,0 +1,156 @@
+"""Dynamic batching: concurrent encode calls are gathered into one model call by a worker thread.
+
+Callers submit texts with their token lengths; the worker takes what is queued (waiting at most
+`max_wait_seconds` for more while the batch is small), stops when the padded token budget would be
+exceeded, runs the batch sorted by length, and hands each caller its own rows. The queue is bounded:
+when it is full, submit raises Overloaded at once instead of letting callers wait without end.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import InvalidSettings, Overloaded
+
+log = logging.getLogger(__name__)
+
+# Runs the model on texts (in the given order) and returns one float32 row per text.
+BatchFunction = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    max_batch_tokens: int = 16384
+    max_wait_seconds: float = 0.002
+    max_queued_texts: int = 8192
+
+    def check(self, max_sequence_length: int, max_texts_per_request: int) -> None:
+        """Refuses settings that cannot work with the model and the request limits."""
+        if self.max_batch_tokens < max_sequence_length:
+            raise InvalidSettings(
+                f"max batch tokens ({self.max_batch_tokens}) must be at least the model's max sequence "
+                f"length ({max_sequence_length}), or a single long input could never be batched"
+            )
+        if not 0 <= self.max_wait_seconds <= 1:
+            raise InvalidSettings(
+                f"max batch wait must be between 0 and 1000 ms, got {self.max_wait_seconds * 1000:g}"
+            )
+        if self.max_queued_texts < max_texts_per_request:
+            raise InvalidSettings(
+                f"the batch queue ({self.max_queued_texts} texts) must hold at least one full request "
+                f"({max_texts_per_request} texts)"
+            )
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    lengths: list[int]
+    result: Future[np.ndarray] = field(default_factory=Future)
+
+    @property
+    def longest(self) -> int:
+        return max(self.lengths)
+
+
+class DynamicBatcher:
+    """Gathers concurrent jobs into batches for one worker thread that owns the model."""
+
+    def __init__(self, run_batch: BatchFunction, settings: BatchingSettings, name: str = "encoder") -> None:
+        self._run_batch = run_batch
+        self._settings = settings
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queued_texts = 0
+        self._condition = threading.Condition()
+        self._closed = False
+        self.batches_run = 0
+        self._worker = threading.Thread(target=self._work, name=f"{name}-batcher", daemon=True)
+        self._worker.start()
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    def submit(self, texts: Sequence[str], lengths: Sequence[int]) -> Future[np.ndarray]:
+        """Queues texts (with their token lengths, capped at the model limit); the future gets their rows."""
+        job = _Job(list(texts), [max(1, n) for n in lengths])
+        with self._condition:
+            if self._closed:
+                raise Overloaded("the encoder is shutting down")
+            if self._queued_texts + len(job.texts) > self._settings.max_queued_texts:
+                raise Overloaded(
+                    f"the embedding queue is full ({self._queued_texts} texts queued, limit "
+                    f"{self._settings.max_queued_texts}); retry later or send smaller batches"
+                )
+            self._queue.append(job)
+            self._queued_texts += len(job.texts)
+            self._condition.notify()
+        return job.result
+
+    def run(self, texts: Sequence[str], lengths: Sequence[int]) -> np.ndarray:
+        return self.submit(texts, lengths).result()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._worker.join(timeout=30)
+
+    def _take_batch(self) -> list[_Job]:
+        """Blocks for the first job, then gathers more within the token budget and the wait."""
+        with self._condition:
+            while not self._queue and not self._closed:
+                self._condition.wait()
+            if not self._queue:
+                return []
+            batch = [self._queue.popleft()]
+            texts, longest = len(batch[0].texts), batch[0].longest
+            deadline = time.monotonic() + self._settings.max_wait_seconds
+            while True:
+                if self._queue:
+                    candidate = self._queue[0]
+                    padded = (texts + len(candidate.texts)) * max(longest, candidate.longest)
+                    if padded > self._settings.max_batch_tokens:
+                        break
+                    batch.append(self._queue.popleft())
+                    texts += len(candidate.texts)
+                    longest = max(longest, candidate.longest)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    break
+                self._condition.wait(remaining)
+            self._queued_texts -= texts
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return
+            texts = [text for job in batch for text in job.texts]
+            lengths = [n for job in batch for n in job.lengths]
+            # Sorting by length keeps padding small inside the model's mini-batches.
+            order = np.argsort(lengths, kind="stable")
+            try:
+                sorted_rows = self._run_batch([texts[i] for i in order])
+                rows = np.empty_like(sorted_rows)
+                rows[order] = sorted_rows
+            except Exception as error:  # the callers get the error; the worker lives on
+                log.exception("batch of %d texts failed", len(texts))
+                for job in batch:
+                    job.result.set_exception(error)
+                continue
+            self.batches_run += 1
+            start = 0
+            for job in batch:
+                job.result.set_result(rows[start : start + len(job.texts)])
+                start += len(job.texts)

@@ -1,0 +1,171 @@
+"""Dynamic batching: callers get their own rows in order, overload is refused, bad settings too."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from clients import VecserveClient
+from service.batching import BatchingSettings, DynamicBatcher
+from service.config import Settings
+from service.encoder import Encoder
+from service.errors import InvalidSettings, Overloaded
+from service.server import create_server
+from tests.server_process import ServerProcess
+
+
+def fake_model(texts: list[str]) -> np.ndarray:
+    """Isolates the batcher: row i encodes the text's number, so misrouted rows are visible."""
+    return np.array([[float(text.split("-")[1]), len(texts)] for text in texts], dtype=np.float32)
+
+
+def test_each_caller_gets_its_own_rows_in_order() -> None:
+    batcher = DynamicBatcher(fake_model, BatchingSettings(max_batch_tokens=10_000, max_wait_seconds=0.01))
+    try:
+
+        def call(caller: int) -> tuple[int, np.ndarray]:
+            texts = [f"t-{caller * 100 + i}" for i in range(caller % 5 + 1)]
+            return caller, batcher.run(texts, lengths=[(caller * 7 + i) % 13 + 1 for i in range(len(texts))])
+
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(call, range(64)))
+        for caller, rows in results:
+            expected = [caller * 100 + i for i in range(caller % 5 + 1)]
+            assert rows[:, 0].tolist() == expected
+        assert batcher.batches_run < 64  # concurrent calls shared model calls
+        assert max(rows[0, 1] for _, rows in results) > 1
+    finally:
+        batcher.close()
+
+
+def test_token_budget_limits_the_batch() -> None:
+    sizes: list[int] = []
+    release = threading.Event()
+
+    def recording_model(texts: list[str]) -> np.ndarray:
+        release.wait(5)
+        sizes.append(len(texts))
+        return fake_model(texts)
+
+    batcher = DynamicBatcher(recording_model, BatchingSettings(max_batch_tokens=100, max_wait_seconds=0.05))
+    try:
+        futures = [batcher.submit([f"t-{i}"], [50]) for i in range(6)]
+        release.set()
+        for future in futures:
+            future.result(timeout=10)
+        assert max(sizes) <= 2  # two texts of 50 padded tokens fill the budget of 100
+        assert sum(sizes) == 6
+    finally:
+        batcher.close()
+
+
+def test_full_queue_is_refused_at_once_and_recovers() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def blocked_model(texts: list[str]) -> np.ndarray:
+        started.set()
+        release.wait(10)
+        return fake_model(texts)
+
+    batcher = DynamicBatcher(blocked_model, BatchingSettings(max_queued_texts=4, max_wait_seconds=0))
+    try:
+        running = batcher.submit(["t-0"], [1])
+        started.wait(5)  # the worker holds the first job; the queue is empty again
+        queued = batcher.submit(["t-1", "t-2", "t-3", "t-4"], [1, 1, 1, 1])
+        began = time.monotonic()
+        with pytest.raises(Overloaded, match="queue is full"):
+            batcher.submit(["t-5"], [1])
+        assert time.monotonic() - began < 0.5
+        release.set()
+        assert running.result(10)[0, 0] == 0
+        assert queued.result(10)[:, 0].tolist() == [1, 2, 3, 4]
+        assert batcher.run(["t-9"], [1])[0, 0] == 9
+    finally:
+        release.set()
+        batcher.close()
+
+
+def test_model_failure_reaches_the_callers_and_the_worker_survives() -> None:
+    def flaky_model(texts: list[str]) -> np.ndarray:
+        if "t-13" in texts:
+            raise RuntimeError("boom")
+        return fake_model(texts)
+
+    batcher = DynamicBatcher(flaky_model, BatchingSettings(max_wait_seconds=0))
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            batcher.run(["t-13"], [1])
+        assert batcher.run(["t-2"], [1])[0, 0] == 2
+    finally:
+        batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (BatchingSettings(max_batch_tokens=100), "max sequence length"),
+        (BatchingSettings(max_wait_seconds=2), "between 0 and 1000 ms"),
+        (BatchingSettings(max_queued_texts=10), "at least one full request"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(settings: BatchingSettings, message: str) -> None:
+    with pytest.raises(InvalidSettings, match=message):
+        settings.check(max_sequence_length=256, max_texts_per_request=64)
+
+
+def test_batched_vectors_equal_single_calls(encoder: Encoder) -> None:
+    texts = [f"sentence {i} about {'whales ' * (i % 7)}and the sea" for i in range(48)]
+    singles = [encoder.encode([text])[0] for text in texts[:8]]
+    with ThreadPoolExecutor(16) as pool:
+        concurrent = list(pool.map(lambda text: encoder.encode([text])[0], texts))
+    np.testing.assert_allclose(concurrent[:8], singles, atol=1e-5)
+    np.testing.assert_allclose(np.array(concurrent), encoder.encode(texts), atol=1e-5)
+
+
+def test_concurrent_embed_calls_through_the_server(client: VecserveClient, encoder: Encoder) -> None:
+    texts = [f"query number {i} about dugongs" for i in range(40)]
+    expected = encoder.encode(texts)
+    with ThreadPoolExecutor(20) as pool:
+        rows = list(pool.map(lambda text: client.embed_array([text])[0], texts))
+    np.testing.assert_allclose(np.array(rows), expected, atol=1e-5)
+
+
+def test_full_queue_gives_resource_exhausted_through_grpc(encoder: Encoder, tmp_path: Path) -> None:
+    settings = Settings(listen="127.0.0.1:0", data_dir=tmp_path, max_texts_per_request=16)
+    tiny_queue = Encoder(
+        encoder.info.model_name,
+        device="cpu",
+        batching=BatchingSettings(max_queued_texts=16, max_wait_seconds=0),
+        max_texts_per_request=16,
+    )
+    running = create_server(settings, encoder=tiny_queue)
+    try:
+        with VecserveClient(f"127.0.0.1:{running.port}", timeout=120) as client:
+            batch = [f"a fairly long sentence number {i} " * 12 for i in range(16)]
+            with ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(client.embed_array, batch) for _ in range(8)]
+                outcomes = []
+                for future in futures:
+                    try:
+                        outcomes.append(future.result().shape)
+                    except grpc.RpcError as error:
+                        outcomes.append(error.code())
+            assert grpc.StatusCode.RESOURCE_EXHAUSTED in outcomes
+            assert (16, 384) in outcomes
+            assert client.embed_array(["recovered"]).shape == (1, 384)
+    finally:
+        running.stop(5)
+        tiny_queue.close()
+
+
+def test_server_refuses_to_start_with_impossible_batching(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", "--max-batch-tokens", "64")
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        server.start(timeout=120)
+    assert "must be at least the model's max sequence length" in server.log()

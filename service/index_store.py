@@ -1,0 +1,1438 @@
+"""Named, durable vector indexes: SQLite is the record, FAISS a derived, snapshotted search structure.
+
+Layout of the data directory::
+
+    <data_dir>/.lock                 held (flock) by the one process serving the directory
+    <data_dir>/<name>/documents.sqlite3 (+ -wal, -shm)
+                                     the source of truth: index settings, documents, vectors, metadata
+    <data_dir>/<name>/snapshot.json  names the current FAISS snapshot, its size and CRC-32
+    <data_dir>/<name>/snapshot-<generation>.faiss
+
+Durability: every write is one SQLite transaction in WAL mode with synchronous=FULL, so it is on disk
+(fsync'd) before the call returns. FAISS ids are the documents' SQLite row ids, assigned from a
+counter that only grows, so a replaced document gets a new id. The FAISS structure is snapshotted
+every `snapshot_every` changes and on close (written to a temporary file, fsync'd, renamed, and
+only then named by the manifest). On open, the snapshot is loaded if its CRC matches and caught up
+with the record by comparing id sets: ids in the snapshot but not in the record are removed (or
+tombstoned), ids in the record but not in the snapshot are added from their stored vectors. A
+missing, torn or corrupt snapshot is rebuilt from the record. Nothing is ever re-embedded.
+
+Kinds that train (ivf_flat, ivf_pq, sq8) answer with exact search until `training_threshold`
+vectors are stored, then train on all stored vectors and switch (see `training_threshold`). HNSW
+cannot remove vectors, so deleted ones are tombstoned (excluded from every search) and the graph is
+rebuilt at snapshot time once tombstones pass HNSW_COMPACT_FRACTION of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import uuid
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_DIMENSION = 8192
+MAX_ID_CHARACTERS = 256
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_CHARACTERS = 128
+MAX_METADATA_STRING_CHARACTERS = 4096
+MAX_FILTER_CONDITIONS = 64
+MAX_FILTER_VALUES = 1024
+DEFAULT_K = 10
+MAX_K = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# FAISS wants at least this many training vectors per centroid (it warns below); the training
+# thresholds of the IVF kinds follow from it.
+TRAINING_POINTS_PER_CENTROID = 39
+SQ8_TRAINING_THRESHOLD = 1000
+# A filter matching at most this many documents is answered by exact search over them directly.
+EXACT_FILTER_LIMIT = 2048
+# When an approximate search returns fewer than k allowed hits, the candidates are searched exactly
+# if there are at most this many (beyond it, the approximate hits are returned as they are).
+EXACT_FALLBACK_LIMIT = 200_000
+HNSW_COMPACT_FRACTION = 0.2
+DEFAULT_SNAPSHOT_EVERY = 50_000
+# Rows read from SQLite at a time when (re)building a structure.
+LOAD_CHUNK = 50_000
+
+DATABASE_FILE = "documents.sqlite3"
+MANIFEST_FILE = "snapshot.json"
+LOCK_FILE = ".lock"
+FORMAT_VERSION = 1
+
+MetadataScalar = str | float | bool
+
+
+class Metric(StrEnum):
+    COSINE = "cosine"
+    INNER_PRODUCT = "inner_product"
+    L2 = "l2"
+
+
+class IndexKind(StrEnum):
+    FLAT = "flat"
+    HNSW = "hnsw"
+    IVF_FLAT = "ivf_flat"
+    IVF_PQ = "ivf_pq"
+    SQ8 = "sq8"
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
+
+
+@dataclass(frozen=True)
+class IvfParams:
+    nlist: int = 1024
+    nprobe: int = 16
+
+
+@dataclass(frozen=True)
+class IvfPqParams:
+    nlist: int = 1024
+    nprobe: int = 16
+    # Sub-quantizers; 0 means dimension / 8 (resolved when the index is created).
+    m: int = 0
+    nbits: int = 8
+
+
+@dataclass(frozen=True)
+class Sq8Params:
+    pass
+
+
+KindParams = HnswParams | IvfParams | IvfPqParams | Sq8Params
+_PARAMS_OF_KIND: dict[IndexKind, type[KindParams] | None] = {
+    IndexKind.FLAT: None,
+    IndexKind.HNSW: HnswParams,
+    IndexKind.IVF_FLAT: IvfParams,
+    IndexKind.IVF_PQ: IvfPqParams,
+    IndexKind.SQ8: Sq8Params,
+}
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What an index is: fixed at creation."""
+
+    name: str
+    dimension: int
+    metric: Metric
+    kind: IndexKind
+    params: KindParams | None
+
+    @property
+    def training_threshold(self) -> int:
+        """Stored vectors needed before a kind that trains trains (0 for kinds that do not).
+
+        ivf_flat: 39 * nlist; ivf_pq: 39 * max(nlist, 2**nbits) (k-means for the coarse lists and
+        for each sub-quantizer's codebook); sq8: 1000 (per-dimension ranges).
+        """
+        params = self.params
+        if isinstance(params, IvfPqParams):
+            return TRAINING_POINTS_PER_CENTROID * max(params.nlist, 2**params.nbits)
+        if isinstance(params, IvfParams):
+            return TRAINING_POINTS_PER_CENTROID * params.nlist
+        if isinstance(params, Sq8Params):
+            return SQ8_TRAINING_THRESHOLD
+        return 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "dimension": self.dimension,
+                "metric": self.metric.value,
+                "kind": self.kind.value,
+                "params": asdict(self.params) if self.params is not None else None,
+            }
+        )
+
+    @staticmethod
+    def from_json(name: str, text: str) -> IndexSpec:
+        raw = json.loads(text)
+        kind = IndexKind(raw["kind"])
+        params_type = _PARAMS_OF_KIND[kind]
+        return IndexSpec(
+            name=name,
+            dimension=int(raw["dimension"]),
+            metric=Metric(raw["metric"]),
+            kind=kind,
+            params=params_type(**raw["params"]) if params_type is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    spec: IndexSpec
+    document_count: int
+    trained: bool
+    memory_bytes: int
+    disk_bytes: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class Document:
+    """A stored document; on upsert, an empty id asks the server for one and vector may be None."""
+
+    id: str = ""
+    text: str = ""
+    metadata: Mapping[str, MetadataScalar] = field(default_factory=dict)
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    """Exactly one of text, vector or document_id."""
+
+    text: str | None = None
+    vector: np.ndarray | None = None
+    document_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NumericRange:
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test on one metadata key: exactly one of equals, any_of or range. Missing keys fail."""
+
+    key: str
+    equals: MetadataScalar | None = None
+    any_of: Sequence[MetadataScalar] | None = None
+    range: NumericRange | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, MetadataScalar]
+    vector: np.ndarray | None = None
+
+
+class TextEncoder(Protocol):
+    """What the store needs from the encoder: every text is embedded through `encode`."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def check_name(name: str, field_name: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidArgument(
+            f"{field_name} {name!r} is not a valid index name: use 1 to 64 letters, digits, '-' or '_'",
+            field=field_name,
+        )
+    return name
+
+
+def _check_params(kind: IndexKind, params: KindParams | None, dimension: int) -> KindParams | None:
+    """The kind's parameters with defaults filled in; InvalidArgument when they do not fit."""
+    expected = _PARAMS_OF_KIND[kind]
+    if expected is None:
+        if params is not None:
+            raise InvalidArgument(f"kind {kind.value} takes no parameters", field="params")
+        return None
+    if params is None:
+        params = expected()
+    if type(params) is not expected:
+        raise InvalidArgument(
+            f"parameters {type(params).__name__} do not match kind {kind.value}", field="params"
+        )
+
+    def check_range(value: int, low: int, high: int, name: str) -> None:
+        if not low <= value <= high:
+            raise InvalidArgument(f"{name} must be between {low} and {high}, got {value}", field=name)
+
+    if isinstance(params, HnswParams):
+        check_range(params.m, 2, 256, "hnsw.m")
+        check_range(params.ef_construction, 1, 4096, "hnsw.ef_construction")
+        check_range(params.ef_search, 1, 4096, "hnsw.ef_search")
+    elif isinstance(params, IvfParams | IvfPqParams):
+        prefix = "ivf_pq" if isinstance(params, IvfPqParams) else "ivf_flat"
+        check_range(params.nlist, 1, 65536, f"{prefix}.nlist")
+        check_range(params.nprobe, 1, params.nlist, f"{prefix}.nprobe")
+    if isinstance(params, IvfPqParams):
+        if params.m == 0:
+            if dimension % 8:
+                raise InvalidArgument(
+                    f"the default ivf_pq.m (dimension / 8) needs a dimension divisible by 8, "
+                    f"got {dimension}; set m to a divisor of the dimension",
+                    field="ivf_pq.m",
+                )
+            params = IvfPqParams(params.nlist, params.nprobe, dimension // 8, params.nbits)
+        check_range(params.m, 1, dimension, "ivf_pq.m")
+        if dimension % params.m:
+            raise InvalidArgument(
+                f"ivf_pq.m={params.m} must divide the dimension {dimension}", field="ivf_pq.m"
+            )
+        check_range(params.nbits, 1, 16, "ivf_pq.nbits")
+    return params
+
+
+def _check_vector(values: np.ndarray | Sequence[float], dimension: int, field_name: str) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.ndim != 1 or vector.shape[0] != dimension:
+        raise InvalidArgument(
+            f"{field_name} has {vector.size} values but the index has dimension {dimension}",
+            field=field_name,
+        )
+    if not np.isfinite(vector).all():
+        raise InvalidArgument(f"{field_name} contains NaN or infinite values", field=field_name)
+    return vector
+
+
+def _check_metadata(metadata: Mapping[str, MetadataScalar], field_name: str) -> dict[str, MetadataScalar]:
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidArgument(
+            f"{field_name} has {len(metadata)} keys, more than the limit of {MAX_METADATA_KEYS}",
+            field=field_name,
+        )
+    checked: dict[str, MetadataScalar] = {}
+    for key, value in metadata.items():
+        where = f"{field_name}[{key!r}]"
+        if not key or len(key) > MAX_METADATA_KEY_CHARACTERS:
+            raise InvalidArgument(
+                f"metadata keys must have 1 to {MAX_METADATA_KEY_CHARACTERS} characters; {where} does not",
+                field=field_name,
+            )
+        checked[key] = _check_metadata_value(value, where)
+    return checked
+
+
+def _check_metadata_value(value: object, where: str) -> MetadataScalar:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{where} is not a finite number", field=where)
+        return float(value)
+    if isinstance(value, str):
+        if len(value) > MAX_METADATA_STRING_CHARACTERS:
+            raise InvalidArgument(
+                f"{where} has {len(value)} characters, more than {MAX_METADATA_STRING_CHARACTERS}",
+                field=where,
+            )
+        return value
+    raise InvalidArgument(f"{where} must be a string, a number or a boolean", field=where)
+
+
+def _sql_value(value: MetadataScalar) -> tuple[str, str | float | int]:
+    """The (kind, value) pair a metadata value is stored and compared as."""
+    if isinstance(value, bool):
+        return "b", int(value)
+    if isinstance(value, str):
+        return "s", value
+    return "n", float(value)
+
+
+def _filter_sql(conditions: Sequence[Condition]) -> tuple[str, list[object]]:
+    """A query for the FAISS ids of documents passing every condition (INTERSECT of one per test)."""
+    if len(conditions) > MAX_FILTER_CONDITIONS:
+        raise InvalidArgument(
+            f"the filter has {len(conditions)} conditions, more than {MAX_FILTER_CONDITIONS}", field="filter"
+        )
+    parts: list[str] = []
+    parameters: list[object] = []
+    for position, condition in enumerate(conditions):
+        where = f"filter.conditions[{position}]"
+        if not condition.key or len(condition.key) > MAX_METADATA_KEY_CHARACTERS:
+            raise InvalidArgument(
+                f"{where}.key must have 1 to {MAX_METADATA_KEY_CHARACTERS} characters", field=f"{where}.key"
+            )
+        tests = [condition.equals is not None, condition.any_of is not None, condition.range is not None]
+        if sum(tests) != 1:
+            raise InvalidArgument(f"{where} needs exactly one of equals, in or range", field=where)
+        select = "SELECT faiss_id FROM metadata WHERE key = ? AND "
+        if condition.equals is not None:
+            kind, value = _sql_value(_check_metadata_value(condition.equals, f"{where}.equals"))
+            parts.append(select + "kind = ? AND value = ?")
+            parameters += [condition.key, kind, value]
+        elif condition.any_of is not None:
+            values = list(condition.any_of)
+            if not values or len(values) > MAX_FILTER_VALUES:
+                raise InvalidArgument(
+                    f"{where}.in needs 1 to {MAX_FILTER_VALUES} values, got {len(values)}",
+                    field=f"{where}.in",
+                )
+            by_kind: dict[str, list[object]] = {}
+            for value_position, value in enumerate(values):
+                kind, sql_value = _sql_value(_check_metadata_value(value, f"{where}.in[{value_position}]"))
+                by_kind.setdefault(kind, []).append(sql_value)
+            alternatives = []
+            parameters.append(condition.key)
+            for kind, kind_values in by_kind.items():
+                alternatives.append(f"(kind = ? AND value IN ({', '.join('?' * len(kind_values))}))")
+                parameters += [kind, *kind_values]
+            parts.append(select + "(" + " OR ".join(alternatives) + ")")
+        else:
+            assert condition.range is not None
+            bounds = {
+                ">": condition.range.gt,
+                ">=": condition.range.gte,
+                "<": condition.range.lt,
+                "<=": condition.range.lte,
+            }
+            given = {operator: bound for operator, bound in bounds.items() if bound is not None}
+            if not given:
+                raise InvalidArgument(f"{where}.range needs at least one bound", field=f"{where}.range")
+            if not all(math.isfinite(bound) for bound in given.values()):
+                raise InvalidArgument(f"{where}.range bounds must be finite", field=f"{where}.range")
+            parts.append(select + "kind = 'n' AND " + " AND ".join(f"value {op} ?" for op in given))
+            parameters += [condition.key, *(float(bound) for bound in given.values())]
+    return " INTERSECT ".join(parts), parameters
+
+
+# ---------------------------------------------------------------------------------------------
+# FAISS structures
+
+
+def _faiss_metric(metric: Metric) -> int:
+    return faiss.METRIC_L2 if metric is Metric.L2 else faiss.METRIC_INNER_PRODUCT
+
+
+def _exact_structure(spec: IndexSpec) -> faiss.Index:
+    return faiss.IndexIDMap2(faiss.IndexFlat(spec.dimension, _faiss_metric(spec.metric)))
+
+
+def _empty_structure(spec: IndexSpec) -> faiss.Index:
+    """The structure of a new index; kinds that train start exact."""
+    if isinstance(spec.params, HnswParams):
+        graph = faiss.IndexHNSWFlat(spec.dimension, spec.params.m, _faiss_metric(spec.metric))
+        graph.hnsw.efConstruction = spec.params.ef_construction
+        return faiss.IndexIDMap2(graph)
+    return _exact_structure(spec)
+
+
+def _trained_structure(spec: IndexSpec, vectors: np.ndarray) -> faiss.Index:
+    """A kind that trains, trained on `vectors` and still empty."""
+    dimension, metric = spec.dimension, _faiss_metric(spec.metric)
+    params = spec.params
+    if isinstance(params, Sq8Params):
+        structure = faiss.IndexIDMap2(
+            faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_8bit, metric)
+        )
+    elif isinstance(params, IvfPqParams):
+        structure = faiss.IndexIVFPQ(
+            faiss.IndexFlat(dimension, metric), dimension, params.nlist, params.m, params.nbits, metric
+        )
+    elif isinstance(params, IvfParams):
+        structure = faiss.IndexIVFFlat(faiss.IndexFlat(dimension, metric), dimension, params.nlist, metric)
+    else:
+        raise AssertionError(f"kind {spec.kind} does not train")
+    structure.train(vectors)
+    return structure
+
+
+def _is_trained(spec: IndexSpec, structure: faiss.Index) -> bool:
+    """For kinds that train: whether the trained structure (not the exact stand-in) is in place."""
+    if spec.kind in (IndexKind.IVF_FLAT, IndexKind.IVF_PQ):
+        return isinstance(structure, faiss.IndexIVF)
+    if spec.kind is IndexKind.SQ8:
+        return isinstance(structure, faiss.IndexIDMap2) and isinstance(
+            faiss.downcast_index(structure.index), faiss.IndexScalarQuantizer
+        )
+    return False
+
+
+def _structure_matches(spec: IndexSpec, structure: faiss.Index) -> bool:
+    if structure.d != spec.dimension or structure.metric_type != _faiss_metric(spec.metric):
+        return False
+    if spec.kind is IndexKind.HNSW:
+        return isinstance(structure, faiss.IndexIDMap2) and isinstance(
+            faiss.downcast_index(structure.index), faiss.IndexHNSWFlat
+        )
+    if _is_trained(spec, structure):
+        return True
+    return isinstance(structure, faiss.IndexIDMap2) and isinstance(
+        faiss.downcast_index(structure.index), faiss.IndexFlat
+    )
+
+
+def _structure_ids(structure: faiss.Index) -> np.ndarray:
+    """The ids a structure holds."""
+    if isinstance(structure, faiss.IndexIVF):
+        lists = structure.invlists
+        chunks = [
+            faiss.rev_swig_ptr(lists.get_ids(number), lists.list_size(number)).copy()
+            for number in range(structure.nlist)
+            if lists.list_size(number)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    return faiss.vector_to_array(structure.id_map).astype(np.int64, copy=False)
+
+
+def _memory_bytes(structure: faiss.Index) -> int:
+    """Approximate bytes held by a structure: its codes, graph links, lists and id maps."""
+    if isinstance(structure, faiss.IndexIDMap2):
+        # id_map (8 bytes) plus the reverse hash map (about 32 bytes) per vector.
+        return 40 * structure.ntotal + _memory_bytes(faiss.downcast_index(structure.index))
+    if isinstance(structure, faiss.IndexHNSW):
+        links = structure.hnsw
+        graph = 4 * links.neighbors.size() + 8 * links.offsets.size() + 4 * links.levels.size()
+        return graph + _memory_bytes(faiss.downcast_index(structure.storage))
+    if isinstance(structure, faiss.IndexIVF):
+        quantizer = faiss.downcast_index(structure.quantizer)
+        return structure.ntotal * (structure.code_size + 8) + _memory_bytes(quantizer)
+    return structure.ntotal * structure.sa_code_size()
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_durably(path: Path, data: bytes | memoryview) -> None:
+    """Writes to a temporary file, fsyncs it, renames it over `path` and fsyncs the directory."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def _vectors_from_blobs(blobs: Sequence[bytes], dimension: int) -> np.ndarray:
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dimension)
+
+
+def _normalize_rows(vectors: np.ndarray, field_names: Sequence[str]) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1)
+    for position in np.flatnonzero(norms == 0):
+        name = field_names[position]
+        raise InvalidArgument(f"{name} is a zero vector, which has no direction for cosine", field=name)
+    return np.ascontiguousarray(vectors / norms[:, None], dtype=np.float32)
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds back new readers so writes are not starved."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._writer and not self._writers_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._condition:
+            self._writers_waiting += 1
+            self._condition.wait_for(lambda: not self._writer and not self._readers)
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writer = False
+                self._condition.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# One index
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    faiss_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metadata (
+    faiss_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value,
+    PRIMARY KEY (faiss_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metadata_by_value ON metadata (key, kind, value);
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # FULL: the WAL is fsync'd at every commit, so a committed write survives a crash or power loss.
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection
+
+
+@dataclass
+class _PreparedDocument:
+    id: str
+    text: str
+    metadata: dict[str, MetadataScalar]
+    vector: np.ndarray | None
+
+
+class _Index:
+    """One open index: its record (SQLite), its search structure (FAISS) and their locks."""
+
+    def __init__(self, path: Path, spec: IndexSpec, snapshot_every: int) -> None:
+        self.path = path
+        self.spec = spec
+        self.snapshot_every = snapshot_every
+        self.lock = ReadWriteLock()
+        self.snapshot_lock = threading.Lock()
+        self.closed = False
+        self.snapshot_pending = False
+        self.changes_since_snapshot = 0
+        self.tombstones: set[int] = set()
+        self._writer = _connect(path / DATABASE_FILE)
+        self._readers: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._readers_lock = threading.Lock()
+        self.document_count = self._writer.execute("SELECT count(*) FROM documents").fetchone()[0]
+        row = self._writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'documents'").fetchone()
+        self._next_faiss_id = (row[0] if row else 0) + 1
+        self.structure = self._load_structure()
+
+    # -- SQLite ---------------------------------------------------------------------------------
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (WAL lets readers run beside the writer)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = _connect(self.path / DATABASE_FILE)
+            connection.execute("PRAGMA query_only=ON")
+            self._local.connection = connection
+            with self._readers_lock:
+                self._readers.append(connection)
+        return connection
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._writer
+        except BaseException:
+            self._writer.execute("ROLLBACK")
+            raise
+        self._writer.execute("COMMIT")
+
+    def _vectors_for(self, connection: sqlite3.Connection, faiss_ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of the given ids, in the given order."""
+        vectors = np.empty((len(faiss_ids), self.spec.dimension), dtype=np.float32)
+        for start in range(0, len(faiss_ids), LOAD_CHUNK):
+            chunk = faiss_ids[start : start + LOAD_CHUNK]
+            rows = connection.execute(
+                "SELECT faiss_id, vector FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(chunk.tolist()),),
+            ).fetchall()
+            by_id = {faiss_id: blob for faiss_id, blob in rows}
+            vectors[start : start + len(chunk)] = _vectors_from_blobs(
+                [by_id[int(i)] for i in chunk], self.spec.dimension
+            )
+        return vectors
+
+    def _live_ids(self) -> np.ndarray:
+        rows = self._writer.execute("SELECT faiss_id FROM documents").fetchall()
+        return np.sort(np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)))
+
+    # -- the FAISS structure ---------------------------------------------------------------------
+
+    def _load_structure(self) -> faiss.Index:
+        live_ids = self._live_ids()
+        structure = self._read_snapshot()
+        if structure is None:
+            structure = _empty_structure(self.spec)
+            self._add(structure, live_ids)
+            self.changes_since_snapshot = len(live_ids)
+        else:
+            stored_ids = _structure_ids(structure)
+            stale = np.setdiff1d(stored_ids, live_ids, assume_unique=True)
+            missing = np.setdiff1d(live_ids, stored_ids, assume_unique=True)
+            self._remove(structure, stale)
+            self._add(structure, missing)
+            # Tombstoning leaves the structure as it is, so only real removals call for a new snapshot.
+            removed = 0 if self.spec.kind is IndexKind.HNSW else len(stale)
+            self.changes_since_snapshot = removed + len(missing)
+            if self.changes_since_snapshot:
+                log.info(
+                    "index %s: caught up from the record (%d added, %d removed since the snapshot)",
+                    self.spec.name,
+                    len(missing),
+                    len(stale),
+                )
+        return self._maybe_train(structure)
+
+    def _add(self, structure: faiss.Index, faiss_ids: np.ndarray) -> None:
+        for start in range(0, len(faiss_ids), LOAD_CHUNK):
+            chunk = faiss_ids[start : start + LOAD_CHUNK]
+            structure.add_with_ids(self._vectors_for(self._writer, chunk), chunk)
+
+    def _remove(self, structure: faiss.Index, faiss_ids: np.ndarray) -> None:
+        if not len(faiss_ids):
+            return
+        if self.spec.kind is IndexKind.HNSW:
+            self.tombstones.update(faiss_ids.tolist())
+        else:
+            structure.remove_ids(faiss.IDSelectorBatch(faiss_ids))
+
+    def _maybe_train(self, structure: faiss.Index) -> faiss.Index:
+        """Swaps the exact stand-in for the trained structure once training_threshold vectors exist."""
+        threshold = self.spec.training_threshold
+        if not threshold or structure.ntotal < threshold or _is_trained(self.spec, structure):
+            return structure
+        ids = _structure_ids(structure)
+        flat = faiss.downcast_index(structure.index)
+        vectors = faiss.vector_to_array(flat.codes).view(np.float32).reshape(-1, self.spec.dimension)
+        log.info("index %s: training %s on %d vectors", self.spec.name, self.spec.kind.value, len(ids))
+        trained = _trained_structure(self.spec, vectors)
+        trained.add_with_ids(vectors, ids)
+        self.changes_since_snapshot += len(ids)
+        return trained
+
+    def _read_snapshot(self) -> faiss.Index | None:
+        """The snapshot named by the manifest, if complete and intact; None otherwise."""
+        manifest_path = self.path / MANIFEST_FILE
+        if not manifest_path.exists():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            data = np.fromfile(self.path / manifest["file"], dtype=np.uint8)
+            if len(data) != manifest["bytes"] or zlib.crc32(data) != manifest["crc32"]:
+                raise ValueError("size or CRC-32 does not match the manifest")
+            structure = faiss.deserialize_index(data)
+            if not _structure_matches(self.spec, structure):
+                raise ValueError("the structure does not match the index settings")
+            return structure
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            log.warning("index %s: snapshot unusable (%s); rebuilding from the record", self.spec.name, error)
+            return None
+
+    def snapshot(self) -> None:
+        """Writes the structure durably and points the manifest at it; old snapshots are removed.
+
+        The structure is serialized under the read lock (writes wait, searches go on); the file is
+        written after the lock is released.
+        """
+        with self.snapshot_lock:
+            with self.lock.read():
+                if self.closed:
+                    return
+                needs_compaction = len(self.tombstones) > HNSW_COMPACT_FRACTION * self.structure.ntotal
+            if needs_compaction:
+                with self.lock.write():
+                    self._compact()
+            with self.lock.read():
+                data = faiss.serialize_index(self.structure)
+                changes, self.changes_since_snapshot = self.changes_since_snapshot, 0
+            try:
+                self._write_snapshot(data)
+            except BaseException:
+                self.changes_since_snapshot += changes
+                raise
+
+    def _compact(self) -> None:
+        """Rebuilds an HNSW graph without its tombstoned vectors (HNSW cannot remove them)."""
+        log.info(
+            "index %s: rebuilding the graph without %d deleted vectors", self.spec.name, len(self.tombstones)
+        )
+        structure = _empty_structure(self.spec)
+        self._add(structure, self._live_ids())
+        self.structure = structure
+        self.tombstones.clear()
+
+    def _write_snapshot(self, data: np.ndarray) -> None:
+        manifest_path = self.path / MANIFEST_FILE
+        generation = 1
+        if manifest_path.exists():
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                generation = int(json.loads(manifest_path.read_text())["generation"]) + 1
+        file_name = f"snapshot-{generation:08d}.faiss"
+        _write_durably(self.path / file_name, memoryview(data))
+        manifest = {
+            "format": FORMAT_VERSION,
+            "generation": generation,
+            "file": file_name,
+            "bytes": len(data),
+            "crc32": zlib.crc32(data),
+        }
+        _write_durably(manifest_path, json.dumps(manifest).encode())
+        for old in self.path.glob("snapshot-*.faiss*"):
+            if old.name != file_name:
+                old.unlink(missing_ok=True)
+        log.info("index %s: snapshot %s written (%d bytes)", self.spec.name, file_name, len(data))
+
+    # -- writes (callers hold the write lock) ----------------------------------------------------
+
+    def write(self, documents: Sequence[_PreparedDocument]) -> None:
+        """Stores the documents (replacing same ids) durably, then updates the search structure."""
+        new_ids = np.arange(self._next_faiss_id, self._next_faiss_id + len(documents), dtype=np.int64)
+        self._next_faiss_id += len(documents)
+        with self._transaction() as connection:
+            old_ids = self._delete_rows(connection, [document.id for document in documents])
+            connection.executemany(
+                "INSERT INTO documents (faiss_id, doc_id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (int(faiss_id), d.id, d.text, json.dumps(d.metadata), d.vector.tobytes())  # type: ignore[union-attr]
+                    for faiss_id, d in zip(new_ids, documents, strict=True)
+                ],
+            )
+            connection.executemany(
+                "INSERT INTO metadata (faiss_id, key, kind, value) VALUES (?, ?, ?, ?)",
+                [
+                    (int(faiss_id), key, *_sql_value(value))
+                    for faiss_id, d in zip(new_ids, documents, strict=True)
+                    for key, value in d.metadata.items()
+                ],
+            )
+        # Durable from here on; the structure follows.
+        self._remove(self.structure, old_ids)
+        self.structure.add_with_ids(np.stack([d.vector for d in documents]), new_ids)  # type: ignore[misc]
+        self.document_count += len(documents) - len(old_ids)
+        self.changes_since_snapshot += len(documents) + len(old_ids)
+        self.structure = self._maybe_train(self.structure)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        with self._transaction() as connection:
+            old_ids = self._delete_rows(connection, ids)
+        self._remove(self.structure, old_ids)
+        self.document_count -= len(old_ids)
+        self.changes_since_snapshot += len(old_ids)
+        return len(old_ids)
+
+    @staticmethod
+    def _delete_rows(connection: sqlite3.Connection, ids: Sequence[str]) -> np.ndarray:
+        """Deletes the rows of these document ids; returns their FAISS ids."""
+        id_list = json.dumps(list(ids))
+        rows = connection.execute(
+            "SELECT faiss_id FROM documents WHERE doc_id IN (SELECT value FROM json_each(?))", (id_list,)
+        ).fetchall()
+        old_ids = np.array([row[0] for row in rows], dtype=np.int64)
+        if len(old_ids):
+            faiss_id_list = json.dumps(old_ids.tolist())
+            connection.execute(
+                "DELETE FROM metadata WHERE faiss_id IN (SELECT value FROM json_each(?))", (faiss_id_list,)
+            )
+            connection.execute(
+                "DELETE FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))", (faiss_id_list,)
+            )
+        return old_ids
+
+    # -- reads (callers hold the read lock) ------------------------------------------------------
+
+    @property
+    def trained(self) -> bool:
+        return _is_trained(self.spec, self.structure)
+
+    def memory_bytes(self) -> int:
+        return _memory_bytes(self.structure)
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for entry in self.path.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a snapshot's temporary file may vanish
+                total += entry.stat().st_size
+        return total
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        conditions: Sequence[Condition],
+        excluded: Sequence[int | None],
+    ) -> list[list[tuple[int, float]]]:
+        """(faiss_id, score) pairs per query, best first; `excluded[i]` is left out of query i's hits."""
+        connection = self.reader()
+        wanted = k + (1 if any(faiss_id is not None for faiss_id in excluded) else 0)
+        allowed: np.ndarray | None = None
+        if conditions:
+            sql, parameters = _filter_sql(conditions)
+            rows = connection.execute(sql, parameters).fetchall()
+            allowed = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+            if not len(allowed):
+                return [[] for _ in range(len(queries))]
+        candidate_count = len(allowed) if allowed is not None else self.document_count
+        if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
+            results = self._exact_search(connection, queries, wanted, allowed)
+        else:
+            results = self._structure_search(queries, wanted, allowed)
+            short = [
+                position for position, hits in enumerate(results) if len(hits) < min(wanted, candidate_count)
+            ]
+            if short and candidate_count <= EXACT_FALLBACK_LIMIT:
+                candidates = allowed if allowed is not None else self._live_ids_for_read(connection)
+                exact = self._exact_search(connection, queries[short], wanted, candidates)
+                for position, hits in zip(short, exact, strict=True):
+                    results[position] = hits
+        return [
+            [hit for hit in hits if hit[0] != exclude][:k]
+            for hits, exclude in zip(results, excluded, strict=True)
+        ]
+
+    @staticmethod
+    def _live_ids_for_read(connection: sqlite3.Connection) -> np.ndarray:
+        rows = connection.execute("SELECT faiss_id FROM documents").fetchall()
+        return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+
+    def _structure_search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> list[list[tuple[int, float]]]:
+        selector: faiss.IDSelector | None = None
+        excluded_selector: faiss.IDSelector | None = None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(allowed)
+        elif self.tombstones:
+            excluded_selector = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64))
+            selector = faiss.IDSelectorNot(excluded_selector)
+        # A fresh parameters object per call: FAISS's id map swaps its selector in place.
+        params: faiss.SearchParameters | None
+        if isinstance(self.spec.params, HnswParams):
+            params = faiss.SearchParametersHNSW(efSearch=max(self.spec.params.ef_search, k))
+        elif isinstance(self.spec.params, IvfParams | IvfPqParams) and self.trained:
+            params = faiss.SearchParametersIVF(nprobe=self.spec.params.nprobe)
+        else:
+            params = faiss.SearchParameters() if selector is not None else None
+        if params is not None and selector is not None:
+            params.sel = selector
+        scores, labels = self.structure.search(queries, k, params=params)
+        del excluded_selector  # kept alive until the search is done
+        return [
+            [
+                (int(label), float(score))
+                for label, score in zip(row_labels, row_scores, strict=True)
+                if label >= 0
+            ]
+            for row_labels, row_scores in zip(labels, scores, strict=True)
+        ]
+
+    def _exact_search(
+        self, connection: sqlite3.Connection, queries: np.ndarray, k: int, candidates: np.ndarray
+    ) -> list[list[tuple[int, float]]]:
+        """Exact scores of the queries against the stored vectors of the candidates."""
+        vectors = self._vectors_for(connection, candidates)
+        if self.spec.metric is Metric.L2:
+            scores = (
+                (queries**2).sum(axis=1)[:, None]
+                - 2 * queries @ vectors.T
+                + (vectors**2).sum(axis=1)[None, :]
+            )
+            order_sign = 1.0
+        else:
+            scores = queries @ vectors.T
+            order_sign = -1.0
+        k = min(k, len(candidates))
+        results = []
+        for row in scores:
+            top = np.argpartition(order_sign * row, k - 1)[:k] if k < len(row) else np.arange(len(row))
+            top = top[np.argsort(order_sign * row[top], kind="stable")]
+            results.append([(int(candidates[i]), float(row[i])) for i in top])
+        return results
+
+    def documents_by_faiss_id(
+        self, faiss_ids: Sequence[int], include_vectors: bool
+    ) -> dict[int, tuple[str, str, dict[str, MetadataScalar], np.ndarray | None]]:
+        columns = "faiss_id, doc_id, text, metadata" + (", vector" if include_vectors else "")
+        rows = self.reader().execute(
+            f"SELECT {columns} FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(faiss_ids)),),
+        )
+        return {
+            row[0]: (
+                row[1],
+                row[2],
+                json.loads(row[3]),
+                np.frombuffer(row[4], dtype=np.float32).copy() if include_vectors else None,
+            )
+            for row in rows
+        }
+
+    def close(self) -> None:
+        self.closed = True
+        self._writer.close()
+        with self._readers_lock:
+            for connection in self._readers:
+                connection.close()
+            self._readers.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+class IndexStore:
+    """Named indexes under one data directory; thread-safe. Raises domain errors, never transport ones.
+
+    Text is embedded through `encoder.encode(texts, normalize=...)`: normalized for cosine indexes,
+    the model's raw output for inner-product and L2 indexes.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        encoder: TextEncoder | None = None,
+        *,
+        max_documents_per_request: int = 1024,
+        max_queries_per_request: int = 1024,
+        max_text_characters: int = 100_000,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self._encoder = encoder
+        self.max_documents_per_request = max_documents_per_request
+        self.max_queries_per_request = max_queries_per_request
+        self.max_text_characters = max_text_characters
+        self._snapshot_every = snapshot_every
+        self._lock = threading.Lock()
+        self._indexes: dict[str, _Index] = {}
+        self._closed = False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.data_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise FailedPrecondition(
+                f"data directory {self.data_dir} is in use by another vecserve process"
+            ) from None
+        self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        try:
+            self._open_all()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_all(self) -> None:
+        for entry in sorted(self.data_dir.iterdir()):
+            if entry.name.startswith((".creating-", ".deleting-")):
+                # Left by a crash halfway through creating or deleting an index.
+                shutil.rmtree(entry, ignore_errors=True)
+            elif NAME_PATTERN.fullmatch(entry.name) and (entry / DATABASE_FILE).is_file():
+                for leftover in entry.glob("*.tmp"):
+                    leftover.unlink()
+                try:
+                    index = self._open(entry)
+                except (sqlite3.Error, ValueError, KeyError, TypeError):
+                    # Left on disk untouched for inspection; the other indexes are still served.
+                    log.exception("index %s cannot be opened and is not served", entry.name)
+                    continue
+                self._indexes[entry.name] = index
+                if index.changes_since_snapshot:
+                    self._schedule_snapshot(index)
+
+    def _open(self, path: Path) -> _Index:
+        connection = _connect(path / DATABASE_FILE)
+        try:
+            (spec_json,) = connection.execute("SELECT value FROM settings WHERE key = 'spec'").fetchone()
+        finally:
+            connection.close()
+        spec = IndexSpec.from_json(path.name, spec_json)
+        return _Index(path, spec, self._snapshot_every)
+
+    # -- index management ------------------------------------------------------------------------
+
+    def create_index(
+        self,
+        name: str,
+        dimension: int = 0,
+        metric: Metric = Metric.COSINE,
+        kind: IndexKind = IndexKind.FLAT,
+        params: KindParams | None = None,
+    ) -> IndexInfo:
+        check_name(name)
+        if dimension == 0:
+            if self._encoder is None:
+                raise InvalidArgument("dimension is required: there is no model to take it from", "dimension")
+            dimension = self._encoder.dimension
+        if not 1 <= dimension <= MAX_DIMENSION:
+            raise InvalidArgument(
+                f"dimension must be between 1 and {MAX_DIMENSION}, got {dimension}", "dimension"
+            )
+        try:
+            metric, kind = Metric(metric), IndexKind(kind)
+        except ValueError as error:
+            raise InvalidArgument(str(error), "metric" if "Metric" in str(error) else "kind") from None
+        spec = IndexSpec(name, dimension, metric, kind, _check_params(kind, params, dimension))
+        with self._lock:
+            self._check_open()
+            target = self.data_dir / name
+            if name in self._indexes or target.exists():
+                raise AlreadyExists(f"index {name!r} already exists")
+            # Built aside and renamed into place, so a crash never leaves a half-created index.
+            staging = self.data_dir / f".creating-{name}-{uuid.uuid4().hex}"
+            staging.mkdir()
+            connection = _connect(staging / DATABASE_FILE)
+            try:
+                connection.executescript(_SCHEMA)
+                connection.execute("INSERT INTO settings (key, value) VALUES ('spec', ?)", (spec.to_json(),))
+            finally:
+                connection.close()
+            _fsync_directory(staging)
+            os.rename(staging, target)
+            _fsync_directory(self.data_dir)
+            index = _Index(target, spec, self._snapshot_every)
+            self._indexes[name] = index
+        return self._info(index)
+
+    def get_index(self, name: str) -> IndexInfo:
+        return self._info(self._get(name, "name"))
+
+    def list_indexes(self, page_size: int = 0, page_token: str = "") -> tuple[list[IndexInfo], str]:
+        """One page of indexes in name order and the token of the next page ("" on the last)."""
+        page_size = page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE}", "page_size")
+        after = ""
+        if page_token:
+            try:
+                after = base64.urlsafe_b64decode(page_token.encode()).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                after = ""
+            if not NAME_PATTERN.fullmatch(after):
+                raise InvalidArgument("page_token is not one this server issued", "page_token")
+        with self._lock:
+            names = sorted(name for name in self._indexes if name > after)
+            indexes = [self._indexes[name] for name in names[:page_size]]
+        infos = []
+        for index in indexes:
+            with contextlib.suppress(NotFound):  # deleted meanwhile
+                infos.append(self._info(index))
+        next_token = ""
+        if len(names) > page_size:
+            next_token = base64.urlsafe_b64encode(names[page_size - 1].encode()).decode()
+        return infos, next_token
+
+    def delete_index(self, name: str) -> None:
+        index = self._get(name, "name")
+        with self._lock:
+            if self._indexes.get(name) is not index:
+                raise NotFound(f"index {name!r} does not exist")
+            del self._indexes[name]
+        # The snapshot lock first, so no snapshot is being written into the directory as it moves.
+        with index.snapshot_lock, index.lock.write():
+            index.close()
+        trash = self.data_dir / f".deleting-{name}-{uuid.uuid4().hex}"
+        os.rename(index.path, trash)
+        _fsync_directory(self.data_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def dimension(self, name: str) -> int:
+        return self._get(name).spec.dimension
+
+    def metric(self, name: str) -> Metric:
+        return self._get(name).spec.metric
+
+    # -- documents -------------------------------------------------------------------------------
+
+    def upsert(self, name: str, documents: Sequence[Document]) -> list[str]:
+        """Inserts or replaces documents; returns their ids (assigned ones included) in request order.
+
+        Returns only once the documents are durable. Within a batch, a repeated id keeps its last
+        version.
+        """
+        index = self._get(name)
+        self._check_count(len(documents), self.max_documents_per_request, "documents")
+        prepared = [
+            self._prepare(index.spec, document, position) for position, document in enumerate(documents)
+        ]
+        self._fill_vectors(index.spec, prepared)
+        latest = {document.id: document for document in prepared}
+        with index.lock.write():
+            self._check_alive(index)
+            index.write(list(latest.values()))
+        self._snapshot_if_due(index)
+        return [document.id for document in prepared]
+
+    def get_document(self, name: str, document_id: str) -> Document:
+        index = self._get(name)
+        with index.lock.read():
+            self._check_alive(index)
+            row = (
+                index.reader()
+                .execute(
+                    "SELECT doc_id, text, metadata, vector FROM documents WHERE doc_id = ?", (document_id,)
+                )
+                .fetchone()
+            )
+        if row is None:
+            raise NotFound(f"index {name!r} has no document {document_id!r}")
+        return Document(row[0], row[1], json.loads(row[2]), np.frombuffer(row[3], dtype=np.float32).copy())
+
+    def delete_documents(self, name: str, ids: Sequence[str]) -> int:
+        """Deletes documents by id (unknown ids are ignored); returns how many existed."""
+        index = self._get(name)
+        self._check_count(len(ids), self.max_documents_per_request, "ids")
+        with index.lock.write():
+            self._check_alive(index)
+            deleted = index.delete(list(ids))
+        self._snapshot_if_due(index)
+        return deleted
+
+    def search(
+        self,
+        name: str,
+        queries: Sequence[Query],
+        k: int = 0,
+        conditions: Sequence[Condition] = (),
+        include_vectors: bool = False,
+    ) -> list[list[Hit]]:
+        """The k closest documents passing every condition, per query, best first."""
+        index = self._get(name)
+        spec = index.spec
+        k = k or DEFAULT_K
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}", "k")
+        self._check_count(len(queries), self.max_queries_per_request, "queries")
+        query_vectors = np.zeros((len(queries), spec.dimension), dtype=np.float32)
+        texts: dict[int, str] = {}
+        by_document: dict[int, str] = {}
+        for position, query in enumerate(queries):
+            where = f"queries[{position}]"
+            given = [query.text is not None, query.vector is not None, query.document_id is not None]
+            if sum(given) != 1:
+                raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
+            if query.text is not None:
+                self._check_text(query.text, f"{where}.text", required=True)
+                texts[position] = query.text
+            elif query.vector is not None:
+                query_vectors[position] = _check_vector(query.vector, spec.dimension, f"{where}.vector")
+                if spec.metric is Metric.COSINE:
+                    query_vectors[position : position + 1] = _normalize_rows(
+                        query_vectors[position : position + 1], [f"{where}.vector"]
+                    )
+            else:
+                by_document[position] = query.document_id  # type: ignore[assignment]
+        if texts:
+            query_vectors[list(texts)] = self._embed(spec, list(texts.values()), "queries")
+        excluded: list[int | None] = [None] * len(queries)
+        with index.lock.read():
+            self._check_alive(index)
+            for position, document_id in by_document.items():
+                row = (
+                    index.reader()
+                    .execute("SELECT faiss_id, vector FROM documents WHERE doc_id = ?", (document_id,))
+                    .fetchone()
+                )
+                if row is None:
+                    raise NotFound(
+                        f"queries[{position}].document_id: index {name!r} has no document {document_id!r}"
+                    )
+                excluded[position] = row[0]
+                query_vectors[position] = np.frombuffer(row[1], dtype=np.float32)
+            ranked = index.search(query_vectors, k, conditions, excluded)
+            documents = index.documents_by_faiss_id(
+                sorted({faiss_id for hits in ranked for faiss_id, _ in hits}), include_vectors
+            )
+        return [
+            [
+                Hit(
+                    id=documents[faiss_id][0],
+                    score=score,
+                    text=documents[faiss_id][1],
+                    metadata=documents[faiss_id][2],
+                    vector=documents[faiss_id][3],
+                )
+                for faiss_id, score in hits
+            ]
+            for hits in ranked
+        ]
+
+    def texts_and_vectors(self, name: str) -> tuple[list[str], np.ndarray]:
+        """Every document that has text: the texts and their stored float32 vectors, in insertion order."""
+        index = self._get(name)
+        with index.lock.read():
+            self._check_alive(index)
+            rows = (
+                index.reader()
+                .execute("SELECT text, vector FROM documents WHERE text != '' ORDER BY faiss_id")
+                .fetchall()
+            )
+        texts = [row[0] for row in rows]
+        return texts, _vectors_from_blobs([row[1] for row in rows], index.spec.dimension)
+
+    # -- snapshots and shutdown ------------------------------------------------------------------
+
+    def snapshot(self, name: str) -> None:
+        """Writes the index's search structure to disk now (normally done every snapshot_every changes)."""
+        self._get(name).snapshot()
+
+    def close(self) -> None:
+        """Waits for pending snapshots, snapshots every index with unsaved changes, and closes."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            indexes = list(self._indexes.values())
+        self._snapshots.shutdown(wait=True)
+        for index in indexes:
+            if index.changes_since_snapshot:
+                try:
+                    index.snapshot()
+                except Exception:
+                    # The record is intact; the next start catches up from it.
+                    log.exception("index %s: final snapshot failed", index.spec.name)
+            with index.lock.write():
+                index.close()
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("the index store is closed")
+
+    def _get(self, name: str, field_name: str = "index_name") -> _Index:
+        check_name(name, field_name)
+        with self._lock:
+            self._check_open()
+            index = self._indexes.get(name)
+        if index is None:
+            raise NotFound(f"index {name!r} does not exist")
+        return index
+
+    @staticmethod
+    def _check_alive(index: _Index) -> None:
+        if index.closed:
+            raise NotFound(f"index {index.spec.name!r} does not exist")
+
+    @staticmethod
+    def _check_count(count: int, limit: int, field_name: str) -> None:
+        if not 1 <= count <= limit:
+            raise InvalidArgument(
+                f"{field_name} has {count} entries; send between 1 and {limit} per request", field_name
+            )
+
+    def _check_text(self, text: str, field_name: str, required: bool) -> None:
+        if len(text) > self.max_text_characters:
+            raise InvalidArgument(
+                f"{field_name} has {len(text)} characters, more than the limit of {self.max_text_characters}",
+                field_name,
+            )
+        if required and not text.strip():
+            raise InvalidArgument(
+                f"{field_name} is empty or only whitespace: there is nothing to embed", field_name
+            )
+
+    def _prepare(self, spec: IndexSpec, document: Document, position: int) -> _PreparedDocument:
+        where = f"documents[{position}]"
+        document_id = document.id or uuid.uuid4().hex
+        if len(document_id) > MAX_ID_CHARACTERS:
+            raise InvalidArgument(f"{where}.id is longer than {MAX_ID_CHARACTERS} characters", f"{where}.id")
+        self._check_text(document.text, f"{where}.text", required=document.vector is None)
+        vector = None
+        if document.vector is not None:
+            vector = _check_vector(document.vector, spec.dimension, f"{where}.vector")
+        metadata = _check_metadata(document.metadata, f"{where}.metadata")
+        return _PreparedDocument(document_id, document.text, metadata, vector)
+
+    def _fill_vectors(self, spec: IndexSpec, documents: list[_PreparedDocument]) -> None:
+        """Embeds the documents without vectors and normalizes every vector of a cosine index."""
+        to_embed = [position for position, document in enumerate(documents) if document.vector is None]
+        if to_embed:
+            vectors = self._embed(spec, [documents[position].text for position in to_embed], "documents")
+            for position, vector in zip(to_embed, vectors, strict=True):
+                documents[position].vector = vector
+        if spec.metric is Metric.COSINE:
+            normalized = _normalize_rows(
+                np.stack([d.vector for d in documents]),  # type: ignore[misc]
+                [f"documents[{position}].vector" for position in range(len(documents))],
+            )
+            for document, vector in zip(documents, normalized, strict=True):
+                document.vector = vector
+
+    def _embed(self, spec: IndexSpec, texts: list[str], field_name: str) -> np.ndarray:
+        if self._encoder is None:
+            raise FailedPrecondition(f"{field_name}: this store has no model to embed text; send vectors")
+        if self._encoder.dimension != spec.dimension:
+            raise FailedPrecondition(
+                f"index {spec.name!r} has dimension {spec.dimension} but the model produces "
+                f"{self._encoder.dimension}; send vectors instead of text"
+            )
+        return self._encoder.encode(texts, normalize=spec.metric is Metric.COSINE)
+
+    def _snapshot_if_due(self, index: _Index) -> None:
+        if index.changes_since_snapshot >= index.snapshot_every:
+            self._schedule_snapshot(index)
+
+    def _schedule_snapshot(self, index: _Index) -> None:
+        with self._lock:
+            if self._closed or index.snapshot_pending:
+                return
+            index.snapshot_pending = True
+
+        def run() -> None:
+            index.snapshot_pending = False
+            try:
+                index.snapshot()
+            except Exception:
+                log.exception("index %s: snapshot failed; the record is intact", index.spec.name)
+
+        self._snapshots.submit(run)
+
+    def _info(self, index: _Index) -> IndexInfo:
+        with index.lock.read():
+            self._check_alive(index)
+            return IndexInfo(
+                spec=index.spec,
+                document_count=index.document_count,
+                trained=index.trained,
+                memory_bytes=index.memory_bytes(),
+                disk_bytes=index.disk_bytes(),
+            )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 import numpy as np
-from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
+from vecserve.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -32,6 +33,7 @@ class VecserveClient:
             ],
         )
         self.embedding = embedding_pb2_grpc.EmbeddingServiceStub(self._channel)
+        self.indexes = index_pb2_grpc.IndexServiceStub(self._channel)
 
     def __enter__(self) -> VecserveClient:
         return self
@@ -88,3 +90,194 @@ class VecserveClient:
         return self.embedding.GetModelInfo(
             embedding_pb2.GetModelInfoRequest(), timeout=self._deadline(timeout)
         )
+
+    # IndexService
+
+    def create_index(
+        self,
+        name: str,
+        *,
+        dimension: int = 0,
+        metric: str | int = 0,
+        kind: str | int = 0,
+        params: IndexParams | None = None,
+        timeout: float | None = None,
+    ) -> index_pb2.Index:
+        """Creates an index. metric: "cosine", "inner_product" or "l2"; kind: "flat", "hnsw",
+        "ivf_flat", "ivf_pq" or "sq8" (or the enum numbers); 0/omitted means the server default."""
+        request = index_pb2.CreateIndexRequest(
+            name=name,
+            dimension=dimension,
+            metric=_enum_number(index_pb2.Metric, "METRIC_", metric),
+            kind=_enum_number(index_pb2.IndexKind, "INDEX_KIND_", kind),
+        )
+        if params is not None:
+            getattr(request, _PARAMS_FIELDS[type(params)]).CopyFrom(params)
+        return self.indexes.CreateIndex(request, timeout=self._deadline(timeout)).index
+
+    def get_index(self, name: str, timeout: float | None = None) -> index_pb2.Index:
+        request = index_pb2.GetIndexRequest(name=name)
+        return self.indexes.GetIndex(request, timeout=self._deadline(timeout)).index
+
+    def list_indexes(
+        self, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> index_pb2.ListIndexesResponse:
+        """One page; see all_indexes() for every index."""
+        request = index_pb2.ListIndexesRequest(page_size=page_size, page_token=page_token)
+        return self.indexes.ListIndexes(request, timeout=self._deadline(timeout))
+
+    def all_indexes(self, timeout: float | None = None) -> list[index_pb2.Index]:
+        indexes: list[index_pb2.Index] = []
+        token = ""
+        while True:
+            page = self.list_indexes(page_token=token, timeout=timeout)
+            indexes.extend(page.indexes)
+            token = page.next_page_token
+            if not token:
+                return indexes
+
+    def delete_index(self, name: str, timeout: float | None = None) -> None:
+        self.indexes.DeleteIndex(index_pb2.DeleteIndexRequest(name=name), timeout=self._deadline(timeout))
+
+    def upsert(
+        self,
+        index_name: str,
+        documents: Iterable[index_pb2.Document | Mapping[str, Any]],
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Inserts or replaces documents (dicts as for make_document); returns their ids once durable."""
+        request = index_pb2.UpsertDocumentsRequest(
+            index_name=index_name, documents=[_as_document(d) for d in documents]
+        )
+        return list(self.indexes.UpsertDocuments(request, timeout=self._deadline(timeout)).ids)
+
+    def stream_upsert(
+        self,
+        index_name: str,
+        batches: Iterable[Sequence[index_pb2.Document | Mapping[str, Any]]],
+        timeout: float | None = None,
+    ) -> index_pb2.StreamUpsertDocumentsResponse:
+        """Streams batches (one message each); every batch is durable as the server receives it.
+
+        The timeout covers the whole stream; None means no deadline.
+        """
+        messages = (
+            index_pb2.StreamUpsertDocumentsRequest(
+                index_name=index_name, documents=[_as_document(d) for d in batch]
+            )
+            for batch in batches
+        )
+        return self.indexes.StreamUpsertDocuments(messages, timeout=timeout)
+
+    def get_document(
+        self, index_name: str, document_id: str, timeout: float | None = None
+    ) -> index_pb2.Document:
+        request = index_pb2.GetDocumentRequest(index_name=index_name, id=document_id)
+        return self.indexes.GetDocument(request, timeout=self._deadline(timeout)).document
+
+    def delete_documents(self, index_name: str, ids: Sequence[str], timeout: float | None = None) -> int:
+        """Deletes documents by id; returns how many existed."""
+        request = index_pb2.DeleteDocumentsRequest(index_name=index_name, ids=list(ids))
+        return self.indexes.DeleteDocuments(request, timeout=self._deadline(timeout)).deleted_count
+
+    def search(
+        self,
+        index_name: str,
+        queries: Sequence[str | Sequence[float] | np.ndarray | index_pb2.Query],
+        k: int = 10,
+        filter: Mapping[str, Any] | index_pb2.Filter | None = None,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> list[list[index_pb2.SearchHit]]:
+        """Hits per query, best first. A str query is text, a float sequence a vector; pass
+        index_pb2.Query(document_id=...) to search with a stored document. See build_filter."""
+        if isinstance(filter, Mapping):
+            filter = build_filter(filter)
+        request = index_pb2.SearchRequest(
+            index_name=index_name,
+            queries=[_as_query(q) for q in queries],
+            k=k,
+            filter=filter,
+            include_vectors=include_vectors,
+        )
+        response = self.indexes.Search(request, timeout=self._deadline(timeout))
+        return [list(result.hits) for result in response.results]
+
+
+IndexParams = index_pb2.HnswParams | index_pb2.IvfParams | index_pb2.IvfPqParams | index_pb2.Sq8Params
+_PARAMS_FIELDS: dict[type, str] = {
+    index_pb2.HnswParams: "hnsw",
+    index_pb2.IvfParams: "ivf_flat",
+    index_pb2.IvfPqParams: "ivf_pq",
+    index_pb2.Sq8Params: "sq8",
+}
+_RANGE_BOUNDS = ("gt", "gte", "lt", "lte")
+
+
+def _enum_number(enum: Any, prefix: str, value: str | int) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return enum.Value(prefix + value.upper())
+    except ValueError:
+        names = ", ".join(name.removeprefix(prefix).lower() for name in enum.keys()[1:])
+        raise ValueError(f"unknown {prefix.rstrip('_').lower()} {value!r}: use one of {names}") from None
+
+
+def metadata_value(value: str | float | bool) -> index_pb2.MetadataValue:
+    if isinstance(value, bool):
+        return index_pb2.MetadataValue(bool_value=value)
+    if isinstance(value, str):
+        return index_pb2.MetadataValue(string_value=value)
+    return index_pb2.MetadataValue(number_value=float(value))
+
+
+def python_value(value: index_pb2.MetadataValue) -> str | float | bool | None:
+    """The Python value of a MetadataValue (None when unset)."""
+    which = value.WhichOneof("kind")
+    return getattr(value, which) if which else None
+
+
+def make_document(
+    id: str = "",
+    text: str = "",
+    metadata: Mapping[str, str | float | bool] | None = None,
+    vector: Sequence[float] | np.ndarray | None = None,
+) -> index_pb2.Document:
+    """A Document message; an empty id lets the server assign one, no vector lets it embed the text."""
+    return index_pb2.Document(
+        id=id,
+        text=text,
+        metadata={key: metadata_value(value) for key, value in (metadata or {}).items()},
+        vector=np.asarray(vector, dtype=np.float32).tolist() if vector is not None else [],
+    )
+
+
+def build_filter(spec: Mapping[str, Any]) -> index_pb2.Filter:
+    """A Filter from {key: test}, all ANDed: a scalar tests equality, a list or tuple "in", and a
+    dict of gt/gte/lt/lte bounds a numeric range. Example: {"lang": ["en", "fr"], "year": {"gte": 2000}}."""
+    conditions = []
+    for key, test in spec.items():
+        if isinstance(test, Mapping):
+            unknown = set(test) - set(_RANGE_BOUNDS)
+            if unknown:
+                raise ValueError(f"range bounds must be among {_RANGE_BOUNDS}, got {sorted(unknown)}")
+            conditions.append(index_pb2.Condition(key=key, range=index_pb2.NumericRange(**test)))
+        elif isinstance(test, list | tuple):
+            values = index_pb2.MetadataValueList(values=[metadata_value(v) for v in test])
+            conditions.append(index_pb2.Condition(key=key, **{"in": values}))
+        else:
+            conditions.append(index_pb2.Condition(key=key, equals=metadata_value(test)))
+    return index_pb2.Filter(conditions=conditions)
+
+
+def _as_document(document: index_pb2.Document | Mapping[str, Any]) -> index_pb2.Document:
+    return document if isinstance(document, index_pb2.Document) else make_document(**document)
+
+
+def _as_query(query: str | Sequence[float] | np.ndarray | index_pb2.Query) -> index_pb2.Query:
+    if isinstance(query, index_pb2.Query):
+        return query
+    if isinstance(query, str):
+        return index_pb2.Query(text=query)
+    return index_pb2.Query(vector=index_pb2.Vector(values=np.asarray(query, dtype=np.float32).tolist()))

@@ -41,6 +41,10 @@ class Settings:
     max_batch_tokens: int = 16384
     max_batch_wait_ms: float = 2.0
     max_queued_texts: int = 8192
+    # Documents per upsert or delete call (and per streamed message).
+    max_documents_per_request: int = 1024
+    # Changes to an index after which its search structure is snapshotted to disk (and on close).
+    index_snapshot_every: int = 50_000
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -48,7 +52,12 @@ class Settings:
         for name in ("max_texts_per_request", "max_text_characters", "max_message_bytes", "worker_threads"):
             if getattr(self, name) < 1:
                 raise InvalidSettings(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_batch_tokens", "max_queued_texts"):
+        for name in (
+            "max_batch_tokens",
+            "max_queued_texts",
+            "max_documents_per_request",
+            "index_snapshot_every",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidSettings(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.max_batch_wait_ms <= 1000:

@@ -1031,9 +1031,12 @@ class IndexStore:
         max_documents_per_request: int = 1024,
         max_queries_per_request: int = 1024,
         max_text_characters: int = 100_000,
+        max_texts_per_encode: int = 1024,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # The encoder takes at most this many texts per call (its batching queue is sized for it).
+        self.max_texts_per_encode = max_texts_per_encode
         self._encoder = encoder
         self.max_documents_per_request = max_documents_per_request
         self.max_queries_per_request = max_queries_per_request
@@ -1405,7 +1408,13 @@ class IndexStore:
                 f"index {spec.name!r} has dimension {spec.dimension} but the model produces "
                 f"{self._encoder.dimension}; send vectors instead of text"
             )
-        return self._encoder.encode(texts, normalize=spec.metric is Metric.COSINE)
+        step = self.max_texts_per_encode
+        return np.concatenate(
+            [
+                self._encoder.encode(texts[start : start + step], normalize=spec.metric is Metric.COSINE)
+                for start in range(0, len(texts), step)
+            ]
+        )
 
     def _snapshot_if_due(self, index: _Index) -> None:
         if index.changes_since_snapshot >= index.snapshot_every:

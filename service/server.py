@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
+from vecserve.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
 
 from service.config import Settings
 from service.encoder import Encoder
+from service.index_store import IndexStore
 from service.servicers.embedding import EmbeddingServicer
+from service.servicers.index import IndexServicer
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,18 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     )
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(encoder, settings), server)
     service_names = [_service_name(embedding_pb2, "EmbeddingService")]
+    store = IndexStore(
+        settings.data_dir,
+        encoder,
+        max_documents_per_request=settings.max_documents_per_request,
+        max_queries_per_request=settings.max_texts_per_request,
+        max_text_characters=settings.max_text_characters,
+        max_texts_per_encode=settings.max_texts_per_request,
+        snapshot_every=settings.index_snapshot_every,
+    )
+    closers.append(store.close)
+    index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(store), server)
+    service_names.append(_service_name(index_pb2, "IndexService"))
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from clients.client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_SECONDS
-from clients.commands import embedding, serve
+from clients.commands import embedding, index, serve
 
 # Each command module exposes register(subparsers, common) and sets args.handler.
-COMMAND_MODULES = [serve, embedding]
+COMMAND_MODULES = [serve, embedding, index]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -31,7 +31,7 @@ def common_options(root: bool) -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=default(DEFAULT_TIMEOUT_SECONDS),
-        help="deadline of each call in seconds (default %(default)s)",
+        help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_SECONDS:g})",
     )
     parser.add_argument(
         "--json", action="store_true", default=default(False), help="print machine-readable JSON"

@@ -1,0 +1,521 @@
+"""`vecserve index create|list|get|delete`, `vecserve add` and `vecserve search`: the IndexService."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import json
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from vecserve.v1 import index_pb2
+
+from clients.client import make_document, metadata_value, python_value
+from clients.commands.shared import connect, print_json
+
+FORMATS = ("auto", "jsonl", "csv", "text")
+METRIC_NAMES = {"cosine": "cosine", "inner_product": "inner_product", "ip": "inner_product", "l2": "l2"}
+KIND_NAMES = ("flat", "hnsw", "ivf_flat", "ivf_pq", "sq8")
+JSONL_KEYS = {"id", "text", "metadata", "vector"}
+_NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
+_FILTER = re.compile(r"(?P<key>[^=<>]+?)\s*(?P<op>>=|<=|>|<|=)\s*(?P<value>.*)", re.DOTALL)
+_RANGE_FIELDS = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
+
+FILTER_HELP = """\
+filters (--filter, repeatable, all must hold):
+  key=value        equality; value is a number, true/false, or a string
+  key=a,b,c        "in": the value is one of a, b, c
+  key>=n  key>n  key<=n  key<n
+                   numeric range; repeat for both ends: --filter 'year>=2000' --filter 'year<2010'
+  double-quote a value to keep it a string: --filter 'zip="02134"' --filter 'name="Smith, J."'
+"""
+
+
+class InputError(ValueError):
+    """A problem in an input file, reported with its file and line."""
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    index = subparsers.add_parser("index", help="create, list, describe and delete indexes")
+    actions = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+
+    create = actions.add_parser(
+        "create",
+        parents=[common],
+        help="create an index",
+        description="Create an index. Kinds that train (ivf_flat, ivf_pq, sq8) search exactly until "
+        "they hold enough vectors (see `index get`), then train and switch.",
+    )
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--dimension", type=int, default=0, help="vector dimension (default: the model's)")
+    create.add_argument("--metric", choices=sorted(METRIC_NAMES), default="cosine", help="default: cosine")
+    create.add_argument("--kind", choices=KIND_NAMES, default="flat", help="default: flat (exact)")
+    create.add_argument("--m", type=int, default=0, help="hnsw: neighbours per node (default 32)")
+    create.add_argument(
+        "--ef-construction", type=int, default=0, help="hnsw: build-time breadth (default 80)"
+    )
+    create.add_argument("--ef-search", type=int, default=0, help="hnsw: search-time breadth (default 64)")
+    create.add_argument(
+        "--nlist", type=int, default=0, help="ivf_flat, ivf_pq: inverted lists (default 1024)"
+    )
+    create.add_argument("--nprobe", type=int, default=0, help="ivf_flat, ivf_pq: lists searched (default 16)")
+    create.add_argument("--pq-m", type=int, default=0, help="ivf_pq: sub-quantizers (default dimension/8)")
+    create.add_argument("--nbits", type=int, default=0, help="ivf_pq: bits per code (default 8)")
+    create.set_defaults(handler=run_create)
+
+    listing = actions.add_parser("list", parents=[common], help="list indexes")
+    listing.set_defaults(handler=run_list)
+
+    get = actions.add_parser("get", parents=[common], help="describe an index")
+    get.add_argument("name", metavar="NAME")
+    get.set_defaults(handler=run_get)
+
+    delete = actions.add_parser("delete", parents=[common], help="delete an index and all its documents")
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(handler=run_delete)
+
+    add = subparsers.add_parser(
+        "add",
+        parents=[common],
+        help="load documents from files into an index",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Stream documents into an index in batches, with a progress bar. Each batch is "
+        "stored durably as it arrives; re-running is safe, since a document with the same id replaces "
+        "the old one.",
+        epilog="""\
+formats (by extension unless --format is given):
+  .jsonl/.ndjson  one object per line: {"id": ..., "text": ..., "metadata": {...}, "vector": [...]}
+                  (text or vector required; the rest optional)
+  .csv            a header row; columns id and text (see --text-column), an optional "metadata"
+                  column holding a JSON object; every other column becomes metadata (numbers and
+                  true/false are converted, empty cells skipped)
+  anything else   plain text, one document per non-blank line
+documents without an id get one derived from their content (a SHA-256 prefix), so re-running
+stores the same documents again instead of duplicating them.""",
+    )
+    add.add_argument("index_name", metavar="INDEX")
+    add.add_argument("files", nargs="+", metavar="FILE", type=Path)
+    add.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: by extension)")
+    add.add_argument(
+        "--batch-size", type=int, default=256, help="documents per streamed message (default 256)"
+    )
+    add.add_argument("--text-column", default="text", help="CSV column holding the text (default: text)")
+    add.add_argument("--id-column", default="id", help="CSV column holding the id (default: id)")
+    add.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    add.set_defaults(handler=run_add)
+
+    search = subparsers.add_parser(
+        "search",
+        parents=[common],
+        help="search an index by meaning",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search an index with one or more text queries, or with a stored document (--like).",
+        epilog=FILTER_HELP,
+    )
+    search.add_argument("index_name", metavar="INDEX")
+    search.add_argument("queries", nargs="*", metavar="QUERY", help="query texts")
+    search.add_argument("-k", type=int, default=10, help="hits per query, 1 to 1000 (default 10)")
+    search.add_argument(
+        "--filter", action="append", default=[], metavar="EXPR", help="metadata condition (see below)"
+    )
+    search.add_argument(
+        "--like", action="append", default=[], metavar="ID", help="search with a stored document"
+    )
+    search.add_argument("--vectors", action="store_true", help="include hit vectors (with --json)")
+    search.set_defaults(handler=run_search)
+
+
+# -- index management -------------------------------------------------------------------------------
+
+
+def _params(args: argparse.Namespace) -> Any:
+    if args.kind == "hnsw":
+        return index_pb2.HnswParams(m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search)
+    if args.kind == "ivf_flat":
+        return index_pb2.IvfParams(nlist=args.nlist, nprobe=args.nprobe)
+    if args.kind == "ivf_pq":
+        return index_pb2.IvfPqParams(
+            ivf=index_pb2.IvfParams(nlist=args.nlist, nprobe=args.nprobe), m=args.pq_m, nbits=args.nbits
+        )
+    if args.kind == "sq8":
+        return index_pb2.Sq8Params()
+    return None
+
+
+def _index_fields(index: index_pb2.Index) -> dict[str, Any]:
+    fields = MessageToDict(index, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    fields["metric"] = index_pb2.Metric.Name(index.metric).removeprefix("METRIC_").lower()
+    fields["kind"] = index_pb2.IndexKind.Name(index.kind).removeprefix("INDEX_KIND_").lower()
+    return fields
+
+
+def _bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _describe(index: index_pb2.Index) -> None:
+    fields = _index_fields(index)
+    params = index.WhichOneof("params")
+    rows = [
+        ("name", index.name),
+        ("dimension", index.dimension),
+        ("metric", fields["metric"]),
+        ("kind", fields["kind"]),
+        ("parameters", json.dumps(fields[params]) if params else "-"),
+        ("documents", index.document_count),
+    ]
+    if index.training_threshold:
+        state = "yes" if index.trained else f"no (exact search until {index.training_threshold} vectors)"
+        rows.append(("trained", state))
+    rows += [("memory", _bytes(index.memory_bytes)), ("disk", _bytes(index.disk_bytes))]
+    for label, value in rows:
+        print(f"{label:<12} {value}")
+
+
+def run_create(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        index = client.create_index(
+            args.name,
+            dimension=args.dimension,
+            metric=METRIC_NAMES[args.metric],
+            kind=args.kind,
+            params=_params(args),
+        )
+    if args.json:
+        print_json(_index_fields(index))
+    else:
+        _describe(index)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        indexes = client.all_indexes()
+    if args.json:
+        print_json([_index_fields(index) for index in indexes])
+        return 0
+    if not indexes:
+        print("no indexes")
+        return 0
+    width = max(4, *(len(index.name) for index in indexes))
+    header = f"{'KIND':<8} {'METRIC':<13} {'DIM':>5} {'DOCUMENTS':>10} {'MEMORY':>10} {'DISK':>10}"
+    print(f"{'NAME':<{width}}  {header}")
+    for index in indexes:
+        fields = _index_fields(index)
+        print(
+            f"{index.name:<{width}}  {fields['kind']:<8} {fields['metric']:<13} {index.dimension:>5} "
+            f"{index.document_count:>10} {_bytes(index.memory_bytes):>10} {_bytes(index.disk_bytes):>10}"
+        )
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        index = client.get_index(args.name)
+    if args.json:
+        print_json(_index_fields(index))
+    else:
+        _describe(index)
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"error: deleting {args.name!r} needs --yes when not run interactively", file=sys.stderr)
+            return 2
+        answer = input(f"Delete index {args.name!r} and all its documents? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not deleted")
+            return 1
+    with connect(args) as client:
+        client.delete_index(args.name)
+    if args.json:
+        print_json({"deleted": args.name})
+    else:
+        print(f"deleted index {args.name}")
+    return 0
+
+
+# -- add --------------------------------------------------------------------------------------------
+
+
+def _format_of(path: Path, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    return "text"
+
+
+def _content_id(text: str, vector: list[float] | None) -> str:
+    digest = hashlib.sha256(text.encode())
+    if vector is not None:
+        digest.update(json.dumps(vector).encode())
+    return digest.hexdigest()[:32]
+
+
+def _cell_value(cell: str) -> str | float | bool:
+    if _NUMBER.fullmatch(cell):
+        return float(cell)
+    if cell.lower() in ("true", "false"):
+        return cell.lower() == "true"
+    return cell
+
+
+def _document(record: dict[str, Any], where: str) -> index_pb2.Document:
+    text = record.get("text") or ""
+    vector = record.get("vector")
+    metadata = record.get("metadata") or {}
+    if not isinstance(text, str):
+        raise InputError(f"{where}: text must be a string")
+    if vector is not None and (
+        not isinstance(vector, list) or not all(isinstance(v, int | float) for v in vector)
+    ):
+        raise InputError(f"{where}: vector must be a list of numbers")
+    if not text.strip() and not vector:
+        raise InputError(f"{where}: a document needs a text or a vector")
+    if not isinstance(metadata, dict):
+        raise InputError(f"{where}: metadata must be an object")
+    for key, value in metadata.items():
+        if not isinstance(value, str | int | float | bool):
+            raise InputError(f"{where}: metadata {key!r} must be a string, a number or a boolean")
+    document_id = record.get("id")
+    if document_id is None or document_id == "":
+        document_id = _content_id(text, vector)
+    elif not isinstance(document_id, str | int):
+        raise InputError(f"{where}: id must be a string or an integer")
+    return make_document(id=str(document_id), text=text, metadata=metadata, vector=vector)
+
+
+def read_documents(path: Path, file_format: str, args: argparse.Namespace) -> Iterator[index_pb2.Document]:
+    """The documents of one file, in order; InputError names the file and line of a bad record."""
+    with path.open(newline="" if file_format == "csv" else None, encoding="utf-8") as handle:
+        if file_format == "text":
+            for line_number, line in enumerate(handle, 1):
+                if line.strip():
+                    yield _document({"text": line.rstrip("\r\n")}, f"{path}:{line_number}")
+        elif file_format == "jsonl":
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{line_number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise InputError(f"{where}: not valid JSON ({error.msg})") from None
+                if not isinstance(record, dict):
+                    raise InputError(f"{where}: each line must be a JSON object")
+                unknown = set(record) - JSONL_KEYS
+                if unknown:
+                    raise InputError(f"{where}: unknown keys {sorted(unknown)}; use {sorted(JSONL_KEYS)}")
+                yield _document(record, where)
+        else:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or args.text_column not in reader.fieldnames:
+                raise InputError(f"{path}: the CSV header has no {args.text_column!r} column")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                metadata: dict[str, Any] = {}
+                if row.get("metadata"):
+                    try:
+                        metadata.update(json.loads(row["metadata"]))
+                    except (json.JSONDecodeError, TypeError, ValueError):
+                        raise InputError(f"{where}: the metadata column must hold a JSON object") from None
+                for column, cell in row.items():
+                    if column not in (args.text_column, args.id_column, "metadata") and cell:
+                        metadata[column] = _cell_value(cell)
+                record = {
+                    "id": row.get(args.id_column),
+                    "text": row[args.text_column] or "",
+                    "metadata": metadata,
+                }
+                yield _document(record, where)
+
+
+def _batched(documents: Iterator[index_pb2.Document], size: int) -> Iterator[list[index_pb2.Document]]:
+    while batch := list(itertools.islice(documents, size)):
+        yield batch
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if not 1 <= args.batch_size <= 100_000:
+        print("error: --batch-size must be between 1 and 100000", file=sys.stderr)
+        return 2
+    sources = [(path, _format_of(path, args.format)) for path in args.files]
+    try:
+        # A first pass counts (for the progress bar and ETA) and checks every record before sending any.
+        total = sum(1 for path, file_format in sources for _ in read_documents(path, file_format, args))
+    except (OSError, InputError, UnicodeDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    with tqdm(
+        total=total,
+        unit="docs",
+        desc=f"adding to {args.index_name}",
+        disable=True if args.no_progress else None,
+    ) as progress:
+
+        def batches() -> Iterator[list[index_pb2.Document]]:
+            for path, file_format in sources:
+                for batch in _batched(read_documents(path, file_format, args), args.batch_size):
+                    yield batch
+                    progress.update(len(batch))  # the previous batch has been handed to the stream
+
+        with connect(args) as client:
+            response = client.stream_upsert(args.index_name, batches())
+    seconds = time.monotonic() - started
+    rate = response.upserted_count / seconds if seconds > 0 else 0.0
+    if args.json:
+        print_json(
+            {
+                "index": args.index_name,
+                "upserted": response.upserted_count,
+                "messages": response.message_count,
+                "seconds": round(seconds, 3),
+                "documents_per_second": round(rate, 1),
+            }
+        )
+    else:
+        print(
+            f"stored {response.upserted_count} documents in {args.index_name} "
+            f"({seconds:.1f} s, {rate:.0f} documents/s)"
+        )
+    return 0
+
+
+# -- search -----------------------------------------------------------------------------------------
+
+
+def _filter_values(raw: str) -> list[str | float | bool]:
+    """Comma-separated filter values; one in double quotes stays a string, commas included."""
+    values: list[str | float | bool] = []
+    inside: list[str] = []
+    outside: list[str] = []
+    quoted = in_quotes = False
+    for char in [*raw, None]:
+        if char == '"':
+            in_quotes, quoted = not in_quotes, True
+        elif char is None or (char == "," and not in_quotes):
+            values.append("".join(inside) if quoted else _cell_value("".join(outside).strip()))
+            inside, outside, quoted = [], [], False
+        else:
+            (inside if in_quotes else outside).append(char)
+    if in_quotes:
+        raise ValueError(f"unclosed quote in {raw!r}")
+    return values
+
+
+def parse_filter(expressions: list[str]) -> index_pb2.Filter:
+    """A Filter from --filter expressions (see FILTER_HELP); ValueError explains a bad one."""
+    conditions = []
+    for expression in expressions:
+        match = _FILTER.fullmatch(expression.strip())
+        if not match or not match["key"].strip():
+            raise ValueError(f"cannot read filter {expression!r}: use key=value, key=a,b or key>=number")
+        key, operator, raw = match["key"].strip(), match["op"], match["value"]
+        if operator in _RANGE_FIELDS:
+            try:
+                bound = float(raw)
+            except ValueError:
+                raise ValueError(f"filter {expression!r}: {operator} needs a number") from None
+            numeric_range = index_pb2.NumericRange(**{_RANGE_FIELDS[operator]: bound})
+            conditions.append(index_pb2.Condition(key=key, range=numeric_range))
+            continue
+        values = _filter_values(raw)
+        if len(values) == 1:
+            conditions.append(index_pb2.Condition(key=key, equals=metadata_value(values[0])))
+        else:
+            one_of = index_pb2.MetadataValueList(values=[metadata_value(value) for value in values])
+            conditions.append(index_pb2.Condition(key=key, **{"in": one_of}))
+    return index_pb2.Filter(conditions=conditions)
+
+
+def _hit_fields(hit: index_pb2.SearchHit, with_vector: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "id": hit.id,
+        "score": round(hit.score, 6),
+        "text": hit.text,
+        "metadata": {key: python_value(value) for key, value in hit.metadata.items()},
+    }
+    if with_vector:
+        fields["vector"] = list(hit.vector)
+    return fields
+
+
+def _metadata_text(metadata: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return " ".join(f"{key}={show(value)}" for key, value in sorted(metadata.items()))
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def run_search(args: argparse.Namespace) -> int:
+    if not args.queries and not args.like:
+        print("error: give at least one QUERY or --like ID", file=sys.stderr)
+        return 2
+    try:
+        search_filter = parse_filter(args.filter)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    queries: list[Any] = [*args.queries, *(index_pb2.Query(document_id=like) for like in args.like)]
+    labels = [*args.queries, *(f"like {like}" for like in args.like)]
+    with connect(args) as client:
+        results = client.search(
+            args.index_name, queries, k=args.k, filter=search_filter, include_vectors=args.vectors
+        )
+    if args.json:
+        print_json(
+            [
+                {"query": label, "hits": [_hit_fields(hit, args.vectors) for hit in hits]}
+                for label, hits in zip(labels, results, strict=True)
+            ]
+        )
+        return 0
+    columns = shutil.get_terminal_size((120, 24)).columns
+    for number, (label, hits) in enumerate(zip(labels, results, strict=True)):
+        if number:
+            print()
+        print(f"query: {label}")
+        if not hits:
+            print("  (no hits)")
+            continue
+        rows = [(str(rank), f"{hit.score:.4f}", hit.id, hit) for rank, hit in enumerate(hits, 1)]
+        id_width = min(max(2, *(len(row[2]) for row in rows)), 36)
+        text_width = max(20, columns - id_width - 20)
+        print(f"  {'#':>3}  {'SCORE':>7}  {'ID':<{id_width}}  TEXT")
+        for rank, score, document_id, hit in rows:
+            metadata = _metadata_text(_hit_fields(hit, False)["metadata"])
+            shown = _clip(hit.text, text_width)
+            print(f"  {rank:>3}  {score:>7}  {_clip(document_id, id_width):<{id_width}}  {shown}")
+            if metadata:
+                print(f"  {'':>3}  {'':>7}  {'':<{id_width}}  {_clip(metadata, text_width)}")
+    return 0

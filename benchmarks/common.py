@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmarks: result table and JSON, text sets, timing, a server subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """Collects figures; prints them as a table and writes them as JSON."""
+
+    quick: bool
+    rows: list[Row] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, section: str, name: str, value: float, unit: str, note: str = "") -> float:
+        row = Row(section, name, float(value), unit, note)
+        self.rows.append(row)
+        print(f"  {section:<14} {name:<58} {format_value(value):>12} {unit:<9} {note}", flush=True)
+        return value
+
+    def write_json(self, path: Path) -> None:
+        payload = {"quick": self.quick, "context": self.context, "results": [asdict(r) for r in self.rows]}
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+
+    def print_table(self) -> None:
+        print("\n" + f"{'section':<14} {'measure':<58} {'value':>12} {'unit':<9} note")
+        for r in self.rows:
+            print(f"{r.section:<14} {r.name:<58} {format_value(r.value):>12} {r.unit:<9} {r.note}")
+
+
+def format_value(value: float) -> str:
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def machine_context() -> dict[str, Any]:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def short_texts(count: int, words_per_text: int = 14, seed: int = 7) -> list[str]:
+    """Deterministic English-like sentences built from frequent words (no download needed)."""
+    from wordfreq import top_n_list
+
+    vocabulary = [w for w in top_n_list("en", 5000) if w.isalpha()]
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(vocabulary, k=words_per_text)).capitalize() + "." for _ in range(count)]
+
+
+def timed(action: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = action()
+    return time.perf_counter() - started, result
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -75,6 +75,10 @@ EXACT_FILTER_LIMIT = 2048
 # if there are at most this many (beyond it, the approximate hits are returned as they are).
 EXACT_FALLBACK_LIMIT = 200_000
 HNSW_COMPACT_FRACTION = 0.2
+# Quantized kinds (ivf_pq, sq8) fetch max(k * RERANK_FACTOR, RERANK_MINIMUM) candidates and re-score
+# them exactly with the stored vectors, so their scores are exact and their recall close to flat's.
+RERANK_FACTOR = 4
+RERANK_MINIMUM = 32
 DEFAULT_SNAPSHOT_EVERY = 50_000
 # Rows read from SQLite at a time when (re)building a structure.
 LOAD_CHUNK = 50_000
@@ -448,6 +452,9 @@ def _empty_structure(spec: IndexSpec) -> faiss.Index:
     return _exact_structure(spec)
 
 
+_training_lock = threading.Lock()
+
+
 def _trained_structure(spec: IndexSpec, vectors: np.ndarray) -> faiss.Index:
     """A kind that trains, trained on `vectors` and still empty."""
     dimension, metric = spec.dimension, _faiss_metric(spec.metric)
@@ -464,7 +471,18 @@ def _trained_structure(spec: IndexSpec, vectors: np.ndarray) -> faiss.Index:
         structure = faiss.IndexIVFFlat(faiss.IndexFlat(dimension, metric), dimension, params.nlist, metric)
     else:
         raise AssertionError(f"kind {spec.kind} does not train")
-    structure.train(vectors)
+    if isinstance(params, IvfPqParams):
+        # PQ training runs one small k-means per sub-quantizer; OpenMP's per-run overhead makes that
+        # many times slower with threads than without on a busy machine, so it runs on one.
+        with _training_lock:
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                structure.train(vectors)
+            finally:
+                faiss.omp_set_num_threads(threads)
+    else:
+        structure.train(vectors)
     return structure
 
 
@@ -912,13 +930,21 @@ class _Index:
         if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
             results = self._exact_search(connection, queries, wanted, allowed)
         else:
-            results = self._structure_search(queries, wanted, allowed)
+            if self._quantized:
+                # Codes give approximate scores: fetch more candidates and re-score them exactly.
+                fetch = max(wanted * RERANK_FACTOR, RERANK_MINIMUM)
+                candidates = self._structure_search(queries, fetch, allowed)
+                results = self._rerank(connection, queries, candidates, wanted)
+            else:
+                results = self._structure_search(queries, wanted, allowed)
+            # An approximate search may find fewer allowed hits than exist (a selective filter
+            # starves HNSW's candidate list or IVF's probed lists): search those queries exactly.
             short = [
                 position for position, hits in enumerate(results) if len(hits) < min(wanted, candidate_count)
             ]
             if short and candidate_count <= EXACT_FALLBACK_LIMIT:
-                candidates = allowed if allowed is not None else self._live_ids_for_read(connection)
-                exact = self._exact_search(connection, queries[short], wanted, candidates)
+                everyone = allowed if allowed is not None else self._live_ids_for_read(connection)
+                exact = self._exact_search(connection, queries[short], wanted, everyone)
                 for position, hits in zip(short, exact, strict=True):
                     results[position] = hits
         return [
@@ -962,27 +988,57 @@ class _Index:
             for row_labels, row_scores in zip(labels, scores, strict=True)
         ]
 
+    @property
+    def _quantized(self) -> bool:
+        return self.spec.kind in (IndexKind.IVF_PQ, IndexKind.SQ8) and self.trained
+
+    def _exact_scores(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Scores of every query against every vector, ordered so that lower sorts first."""
+        if self.spec.metric is Metric.L2:
+            return np.maximum(
+                (queries**2).sum(axis=1)[:, None]
+                - 2 * queries @ vectors.T
+                + (vectors**2).sum(axis=1)[None, :],
+                0.0,
+            )
+        return queries @ vectors.T
+
+    def _best(self, scores: np.ndarray, candidates: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The k best (id, score) pairs of one query's scores, best first."""
+        ordering = scores if self.spec.metric is Metric.L2 else -scores
+        k = min(k, len(candidates))
+        top = np.argpartition(ordering, k - 1)[:k] if k < len(candidates) else np.arange(len(candidates))
+        top = top[np.argsort(ordering[top], kind="stable")]
+        return [(int(candidates[i]), float(scores[i])) for i in top]
+
     def _exact_search(
         self, connection: sqlite3.Connection, queries: np.ndarray, k: int, candidates: np.ndarray
     ) -> list[list[tuple[int, float]]]:
-        """Exact scores of the queries against the stored vectors of the candidates."""
-        vectors = self._vectors_for(connection, candidates)
-        if self.spec.metric is Metric.L2:
-            scores = (
-                (queries**2).sum(axis=1)[:, None]
-                - 2 * queries @ vectors.T
-                + (vectors**2).sum(axis=1)[None, :]
-            )
-            order_sign = 1.0
-        else:
-            scores = queries @ vectors.T
-            order_sign = -1.0
-        k = min(k, len(candidates))
+        """Exact search of the queries over the stored vectors of the candidates."""
+        scores = self._exact_scores(queries, self._vectors_for(connection, candidates))
+        return [self._best(row, candidates, k) for row in scores]
+
+    def _rerank(
+        self,
+        connection: sqlite3.Connection,
+        queries: np.ndarray,
+        candidates: list[list[tuple[int, float]]],
+        k: int,
+    ) -> list[list[tuple[int, float]]]:
+        """Each query's candidates re-scored exactly with their stored vectors; the k best kept."""
+        unique = np.array(sorted({faiss_id for hits in candidates for faiss_id, _ in hits}), dtype=np.int64)
+        if not len(unique):
+            return [[] for _ in candidates]
+        vectors = self._vectors_for(connection, unique)
+        row_of = {int(faiss_id): row for row, faiss_id in enumerate(unique)}
         results = []
-        for row in scores:
-            top = np.argpartition(order_sign * row, k - 1)[:k] if k < len(row) else np.arange(len(row))
-            top = top[np.argsort(order_sign * row[top], kind="stable")]
-            results.append([(int(candidates[i]), float(row[i])) for i in top])
+        for query, hits in zip(queries, candidates, strict=True):
+            ids = np.array([faiss_id for faiss_id, _ in hits], dtype=np.int64)
+            if not len(ids):
+                results.append([])
+                continue
+            rows = [row_of[int(faiss_id)] for faiss_id in ids]
+            results.append(self._best(self._exact_scores(query[None, :], vectors[rows])[0], ids, k))
         return results
 
     def documents_by_faiss_id(
@@ -1427,11 +1483,12 @@ class IndexStore:
             index.snapshot_pending = True
 
         def run() -> None:
-            index.snapshot_pending = False
             try:
                 index.snapshot()
             except Exception:
                 log.exception("index %s: snapshot failed; the record is intact", index.spec.name)
+            finally:
+                index.snapshot_pending = False
 
         self._snapshots.submit(run)
 

@@ -13,7 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.runtime import apply_threading_defaults
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Both sides of every comparison run with the server's threading defaults.
+apply_threading_defaults()
 
 
 @dataclass

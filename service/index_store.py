@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -112,16 +113,21 @@ class HnswParams:
     ef_search: int = 64
 
 
+DEFAULT_NPROBE = 16
+
+
 @dataclass(frozen=True)
 class IvfParams:
     nlist: int = 1024
-    nprobe: int = 16
+    # 0 means min(DEFAULT_NPROBE, nlist) (resolved when the index is created).
+    nprobe: int = 0
 
 
 @dataclass(frozen=True)
 class IvfPqParams:
     nlist: int = 1024
-    nprobe: int = 16
+    # 0 means min(DEFAULT_NPROBE, nlist) (resolved when the index is created).
+    nprobe: int = 0
     # Sub-quantizers; 0 means dimension / 8 (resolved when the index is created).
     m: int = 0
     nbits: int = 8
@@ -299,6 +305,8 @@ def _check_params(kind: IndexKind, params: KindParams | None, dimension: int) ->
     elif isinstance(params, IvfParams | IvfPqParams):
         prefix = "ivf_pq" if isinstance(params, IvfPqParams) else "ivf_flat"
         check_range(params.nlist, 1, 65536, f"{prefix}.nlist")
+        if params.nprobe == 0:
+            params = dataclasses.replace(params, nprobe=min(DEFAULT_NPROBE, params.nlist))
         check_range(params.nprobe, 1, params.nlist, f"{prefix}.nprobe")
     if isinstance(params, IvfPqParams):
         if params.m == 0:
@@ -308,7 +316,7 @@ def _check_params(kind: IndexKind, params: KindParams | None, dimension: int) ->
                     f"got {dimension}; set m to a divisor of the dimension",
                     field="ivf_pq.m",
                 )
-            params = IvfPqParams(params.nlist, params.nprobe, dimension // 8, params.nbits)
+            params = dataclasses.replace(params, m=dimension // 8)
         check_range(params.m, 1, dimension, "ivf_pq.m")
         if dimension % params.m:
             raise InvalidArgument(

@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,openvino]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +35,13 @@ proto: $(STAMP)
 
 proto-check: $(STAMP)
 	$(PY) -m pytest tests/test_proto.py -q
+
+# Benchmarks print a table and write bench-results.json; ratios are measured side by side in one run.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --json-out bench-results.json
+
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.run --quick --json-out bench-results-quick.json
 
 buf-lint:
 	cd proto && npx -y @bufbuild/buf lint

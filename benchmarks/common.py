@@ -31,9 +31,12 @@ class Row:
 
 @dataclass
 class Report:
-    """Collects figures; prints them as a table and writes them as JSON."""
+    """Collects figures; prints them as a table and writes them as JSON.
 
-    quick: bool
+    `size` is "tiny" (a smoke run for the test suite), "quick" (a few minutes) or "full".
+    """
+
+    size: str
     rows: list[Row] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
 
@@ -43,8 +46,13 @@ class Report:
         print(f"  {section:<14} {name:<58} {format_value(value):>12} {unit:<9} {note}", flush=True)
         return value
 
+    def pick(self, tiny: int, quick: int, full: int) -> int:
+        """A size for this run, four times larger on a GPU."""
+        chosen = {"tiny": tiny, "quick": quick, "full": full}[self.size]
+        return chosen * 4 if self.size != "tiny" and gpu_available() else chosen
+
     def write_json(self, path: Path) -> None:
-        payload = {"quick": self.quick, "context": self.context, "results": [asdict(r) for r in self.rows]}
+        payload = {"size": self.size, "context": self.context, "results": [asdict(r) for r in self.rows]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
 
     def print_table(self) -> None:

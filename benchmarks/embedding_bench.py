@@ -70,9 +70,8 @@ def concurrent_single_text_calls(address: str, texts: list[str], clients: int) -
 
 
 def run(report: Report) -> None:
-    scale = 4 if gpu_available() else 1
-    count = (512 if report.quick else 2000) * scale
-    concurrent_count = (320 if report.quick else 1280) * scale
+    count = report.pick(tiny=64, quick=512, full=2000)
+    concurrent_count = report.pick(tiny=64, quick=320, full=1280)
     texts = short_texts(count)
     with tempfile.TemporaryDirectory() as scratch:
         batching = ServerProcess(Path(scratch) / "batching").start()

@@ -15,11 +15,14 @@ SUITES = ["embedding"]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="small sizes (under five minutes)")
+    sizes.add_argument("--tiny", action="store_true", help="smoke-test sizes (for the test suite)")
     parser.add_argument("--only", nargs="+", choices=SUITES, help="run only these suites")
     parser.add_argument("--json-out", type=Path, default=Path("bench-results.json"))
     args = parser.parse_args(argv)
-    report = Report(quick=args.quick, context=machine_context())
+    size = "tiny" if args.tiny else "quick" if args.quick else "full"
+    report = Report(size=size, context=machine_context())
     began = time.perf_counter()
     for name in args.only or SUITES:
         print(f"== {name}", flush=True)

@@ -480,8 +480,8 @@ def _trained_structure(spec: IndexSpec, vectors: np.ndarray) -> faiss.Index:
     else:
         raise AssertionError(f"kind {spec.kind} does not train")
     if isinstance(params, IvfPqParams):
-        # PQ training runs one small k-means per sub-quantizer; OpenMP's per-run overhead makes that
-        # many times slower with threads than without on a busy machine, so it runs on one.
+        # PQ training runs one small k-means per sub-quantizer: OpenMP threads cost more in
+        # synchronization than they gain there (measured slower on 2 cores), so it runs on one.
         with _training_lock:
             threads = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(1)

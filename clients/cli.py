@@ -36,6 +36,35 @@ def common_options(root: bool) -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", default=default(False), help="print machine-readable JSON"
     )
+    parser.add_argument(
+        "--token",
+        default=default(os.environ.get("VECSERVE_TOKEN") or None),
+        help="bearer token for servers that require one (env VECSERVE_TOKEN, which keeps it out of "
+        "the process list)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(os.environ.get("VECSERVE_TLS", "").lower() in ("1", "true", "yes", "on")),
+        help="connect with TLS, trusting the system's CA certificates (env VECSERVE_TLS); implied by "
+        "--ca-file and --client-cert",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=default(os.environ.get("VECSERVE_CA_FILE") or None),
+        help="PEM CA certificates that signed the server's certificate; connects with TLS "
+        "(env VECSERVE_CA_FILE)",
+    )
+    parser.add_argument(
+        "--client-cert",
+        default=default(os.environ.get("VECSERVE_CLIENT_CERT") or None),
+        help="PEM client certificate, for servers that require one (mutual TLS; env VECSERVE_CLIENT_CERT)",
+    )
+    parser.add_argument(
+        "--client-key",
+        default=default(os.environ.get("VECSERVE_CLIENT_KEY") or None),
+        help="PEM key of the client certificate (env VECSERVE_CLIENT_KEY)",
+    )
     return parser
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import collections
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -20,20 +22,40 @@ class VecserveClient:
 
     Every call takes an optional `timeout` (seconds) that overrides the client's default deadline;
     failures raise grpc.RpcError with the server's status code and message.
+
+    `token` is sent as `authorization: Bearer <token>` with every call. The connection uses TLS
+    when `tls` is set or a certificate file is given: `ca_file` holds the CA certificates that
+    signed the server's certificate (default: the system's), `client_cert` and `client_key` a
+    client certificate for servers that require one (mutual TLS).
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        ca_file: str | Path | None = None,
+        client_cert: str | Path | None = None,
+        client_key: str | Path | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
-        self.embedding = embedding_pb2_grpc.EmbeddingServiceStub(self._channel)
-        self.indexes = index_pb2_grpc.IndexServiceStub(self._channel)
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        if tls or ca_file or client_cert or client_key:
+            credentials = tls_credentials(ca_file, client_cert, client_key)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        channel = self._channel
+        if token:
+            channel = grpc.intercept_channel(channel, _BearerToken(token))
+        self.embedding = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        self.indexes = index_pb2_grpc.IndexServiceStub(channel)
 
     def __enter__(self) -> VecserveClient:
         return self
@@ -202,6 +224,65 @@ class VecserveClient:
         )
         response = self.indexes.Search(request, timeout=self._deadline(timeout))
         return [list(result.hits) for result in response.results]
+
+
+def tls_credentials(
+    ca_file: str | Path | None = None,
+    client_cert: str | Path | None = None,
+    client_key: str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """Channel credentials from PEM files (a CA file None trusts the system's CA certificates)."""
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes() if ca_file else None,
+        private_key=Path(client_key).read_bytes() if client_key else None,
+        certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
+    )
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"]
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to the metadata of every call."""
+
+    def __init__(self, token: str) -> None:
+        token = token.strip()
+        if not token.isascii() or not token.isprintable() or " " in token:
+            raise ValueError("a token is printable ASCII without spaces")
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), self._entry],
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def _intercept(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
+        return continuation(self._with_token(details), request)
+
+    intercept_unary_unary = _intercept
+    intercept_unary_stream = _intercept
+    intercept_stream_unary = _intercept
+    intercept_stream_stream = _intercept
 
 
 IndexParams = index_pb2.HnswParams | index_pb2.IvfParams | index_pb2.IvfPqParams | index_pb2.Sq8Params

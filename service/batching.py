@@ -4,6 +4,8 @@ Callers submit texts with their token lengths; the worker takes what is queued (
 `max_wait_seconds` for more while the batch is small), stops when the padded token budget would be
 exceeded, runs the batch sorted by length, and hands each caller its own rows. The queue is bounded:
 when it is full, submit raises Overloaded at once instead of letting callers wait without end.
+A job whose caller has gone (its `is_cancelled` says so) is dropped when it reaches the head of the
+queue instead of spending model time nobody waits for.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import InvalidSettings, Overloaded
+from service.errors import Cancelled, InvalidSettings, Overloaded
 
 log = logging.getLogger(__name__)
 
 # Runs the model on texts (in the given order) and returns one float32 row per text.
 BatchFunction = Callable[[list[str]], np.ndarray]
+# Tells whether the caller of a job has gone away (for example: its RPC was cancelled or timed out).
+CancelCheck = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class BatchingSettings:
 class _Job:
     texts: list[str]
     lengths: list[int]
+    is_cancelled: CancelCheck | None = None
     result: Future[np.ndarray] = field(default_factory=Future)
 
     @property
@@ -72,6 +77,9 @@ class DynamicBatcher:
         self._condition = threading.Condition()
         self._closed = False
         self.batches_run = 0
+        self.cancelled_jobs = 0
+        # Called by the worker with the number of texts of each batch it ran (for metrics).
+        self.on_batch: Callable[[int], None] | None = None
         self._worker = threading.Thread(target=self._work, name=f"{name}-batcher", daemon=True)
         self._worker.start()
 
@@ -79,9 +87,12 @@ class DynamicBatcher:
     def queued_texts(self) -> int:
         return self._queued_texts
 
-    def submit(self, texts: Sequence[str], lengths: Sequence[int]) -> Future[np.ndarray]:
-        """Queues texts (with their token lengths, capped at the model limit); the future gets their rows."""
-        job = _Job(list(texts), [max(1, n) for n in lengths])
+    def submit(
+        self, texts: Sequence[str], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
+    ) -> Future[np.ndarray]:
+        """Queues texts (with their token lengths, capped at the model limit); the future gets their rows,
+        or Cancelled when `is_cancelled` says the caller has gone before the texts reach the model."""
+        job = _Job(list(texts), [max(1, n) for n in lengths], is_cancelled)
         with self._condition:
             if self._closed:
                 raise Overloaded("the encoder is shutting down")
@@ -95,8 +106,10 @@ class DynamicBatcher:
             self._condition.notify()
         return job.result
 
-    def run(self, texts: Sequence[str], lengths: Sequence[int]) -> np.ndarray:
-        return self.submit(texts, lengths).result()
+    def run(
+        self, texts: Sequence[str], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
+    ) -> np.ndarray:
+        return self.submit(texts, lengths, is_cancelled).result()
 
     def close(self) -> None:
         with self._condition:
@@ -104,17 +117,28 @@ class DynamicBatcher:
             self._condition.notify()
         self._worker.join(timeout=30)
 
+    def _drop_cancelled_head(self) -> None:
+        """Drops the jobs at the head of the queue whose caller has gone (call with the lock held)."""
+        while self._queue and self._queue[0].is_cancelled is not None and self._queue[0].is_cancelled():
+            job = self._queue.popleft()
+            self._queued_texts -= len(job.texts)
+            self.cancelled_jobs += 1
+            job.result.set_exception(Cancelled("the call ended before its texts reached the model"))
+
     def _take_batch(self) -> list[_Job]:
         """Blocks for the first job, then gathers more within the token budget and the wait."""
         with self._condition:
+            self._drop_cancelled_head()
             while not self._queue and not self._closed:
                 self._condition.wait()
+                self._drop_cancelled_head()
             if not self._queue:
                 return []
             batch = [self._queue.popleft()]
             texts, longest = len(batch[0].texts), batch[0].longest
             deadline = time.monotonic() + self._settings.max_wait_seconds
             while True:
+                self._drop_cancelled_head()
                 if self._queue:
                     candidate = self._queue[0]
                     padded = (texts + len(candidate.texts)) * max(longest, candidate.longest)
@@ -150,6 +174,8 @@ class DynamicBatcher:
                     job.result.set_exception(error)
                 continue
             self.batches_run += 1
+            if self.on_batch is not None:
+                self.on_batch(len(texts))
             start = 0
             for job in batch:
                 job.result.set_result(rows[start : start + len(job.texts)])

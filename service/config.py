@@ -9,6 +9,7 @@ from pathlib import Path
 
 from service.batching import BatchingSettings
 from service.errors import InvalidSettings
+from service.logging_setup import LOG_FORMATS
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = "indexes"
@@ -45,6 +46,17 @@ class Settings:
     max_documents_per_request: int = 1024
     # Changes to an index after which its search structure is snapshotted to disk (and on close).
     index_snapshot_every: int = 50_000
+    # File of "ROLE TOKEN" lines (see service/auth.py); None serves without authentication.
+    tokens_file: Path | None = None
+    # PEM certificate chain and key: serve TLS instead of plaintext.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # PEM CA certificates: clients must present a certificate they signed (mutual TLS).
+    tls_client_ca: Path | None = None
+    # HOST:PORT of the Prometheus /metrics HTTP endpoint; None serves no metrics.
+    metrics_listen: str | None = None
+    # Log lines as "text" (human, ending in key=value fields) or "json" (one object per line).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -66,6 +78,16 @@ class Settings:
             )
         if self.shutdown_grace_seconds < 0:
             raise InvalidSettings("shutdown_grace_seconds must not be negative")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidSettings("TLS needs both a certificate (tls_cert) and its key (tls_key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidSettings("mutual TLS (tls_client_ca) needs tls_cert and tls_key too")
+        if self.metrics_listen is not None:
+            parse_host_port(self.metrics_listen, "metrics_listen")
+        if self.log_format not in LOG_FORMATS:
+            raise InvalidSettings(
+                f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
 
     @property
     def batching(self) -> BatchingSettings | None:
@@ -83,6 +105,18 @@ class Settings:
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def parse_host_port(address: str, name: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) -> (host, port); raises InvalidSettings naming the setting."""
+    host, separator, port_text = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not separator or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise InvalidSettings(f"{name} must be HOST:PORT with a port from 0 to 65535, got {address!r}")
+    return host, int(port_text)
+
+
+_PATH_FIELDS = ("data_dir", "tokens_file", "tls_cert", "tls_key", "tls_client_ca")
 
 
 def _env(name: str) -> str | None:
@@ -113,6 +147,7 @@ def settings_from_env(**overrides: object) -> Settings:
         except ValueError as exc:
             raise InvalidSettings(f"VECSERVE_{field_name.upper()}={raw!r} is not valid: {exc}") from exc
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "data_dir" in values:
-        values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
+    for name in _PATH_FIELDS:
+        if name in values:
+            values[name] = Path(values[name])  # type: ignore[arg-type]
     return Settings(**values)  # type: ignore[arg-type]

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.batching import BatchingSettings, DynamicBatcher
-from service.errors import InvalidArgument, InvalidSettings
+from service.batching import BatchingSettings, CancelCheck, DynamicBatcher
+from service.errors import Cancelled, InvalidArgument, InvalidSettings
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,11 @@ class Encoder:
         return self._batcher.queued_texts if self._batcher else 0
 
     @property
+    def batcher(self) -> DynamicBatcher | None:
+        """The dynamic batcher (None without batching), for its statistics."""
+        return self._batcher
+
+    @property
     def dimension(self) -> int:
         return self.info.dimension
 
@@ -170,8 +175,16 @@ class Encoder:
             results.append(TokenizedText(tokens=tokens, exceeds_max_length=full_length > limit))
         return results
 
-    def embed(self, texts: Sequence[str], normalize: bool = True, truncate: bool = True) -> EmbedResult:
-        """Vectors for texts; inputs over the max sequence length are cut, or refused when truncate=False."""
+    def embed(
+        self,
+        texts: Sequence[str],
+        normalize: bool = True,
+        truncate: bool = True,
+        is_cancelled: CancelCheck | None = None,
+    ) -> EmbedResult:
+        """Vectors for texts; inputs over the max sequence length are cut, or refused when truncate=False.
+
+        `is_cancelled` tells whether the caller has gone; then the model work is skipped (Cancelled)."""
         limit = self.info.max_sequence_length
         token_counts = self.count_tokens(texts)
         truncated = [count > limit for count in token_counts]
@@ -183,21 +196,32 @@ class Encoder:
                         "shorten it or allow truncation",
                         field=f"texts[{position}]",
                     )
-        vectors = self._vectors(texts, token_counts, normalize)
+        vectors = self._vectors(texts, token_counts, normalize, is_cancelled)
         return EmbedResult(vectors=vectors, token_counts=token_counts, truncated=truncated)
 
-    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], normalize: bool = True, is_cancelled: CancelCheck | None = None
+    ) -> np.ndarray:
         """Just the vectors, float32, one row per text (inputs over the limit are cut)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._vectors(texts, self.count_tokens(texts), normalize)
+        return self._vectors(texts, self.count_tokens(texts), normalize, is_cancelled)
 
-    def _vectors(self, texts: Sequence[str], token_counts: Sequence[int], normalize: bool) -> np.ndarray:
+    def _vectors(
+        self,
+        texts: Sequence[str],
+        token_counts: Sequence[int],
+        normalize: bool,
+        is_cancelled: CancelCheck | None = None,
+    ) -> np.ndarray:
         if self._batcher is not None:
             limit = self.info.max_sequence_length
-            vectors = self._batcher.run(texts, [min(n, limit) for n in token_counts])
+            vectors = self._batcher.run(texts, [min(n, limit) for n in token_counts], is_cancelled)
         else:
             with self._model_lock:
+                # The wait for the lock is where a caller may give up.
+                if is_cancelled is not None and is_cancelled():
+                    raise Cancelled("the call ended before its texts reached the model")
                 vectors = self._run_model(list(texts))
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -215,7 +239,9 @@ class Encoder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def similarity_matrix(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
+    def similarity_matrix(
+        self, left: Sequence[str], right: Sequence[str], is_cancelled: CancelCheck | None = None
+    ) -> np.ndarray:
         """Cosine similarity of every left text with every right text."""
-        vectors = self.encode([*left, *right], normalize=True)
+        vectors = self.encode([*left, *right], normalize=True, is_cancelled=is_cancelled)
         return vectors[: len(left)] @ vectors[len(left) :].T

@@ -29,5 +29,9 @@ class FailedPrecondition(VecserveError):
     """The request is valid but the system is not in a state to perform it."""
 
 
+class Cancelled(VecserveError):
+    """The caller went away (cancelled, or out of time) before its work ran, so the work was skipped."""
+
+
 class InvalidSettings(ValueError):
     """Server settings that cannot work; the server refuses to start with them."""

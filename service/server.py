@@ -14,11 +14,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from vecserve.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
 
+from service.auth import AuthInterceptor, load_tokens
 from service.config import Settings
 from service.encoder import Encoder
+from service.errors import InvalidSettings
 from service.index_store import IndexStore
+from service.interceptors import ObservingInterceptor
+from service.logging_setup import configure_logging
+from service.metrics import MetricsHttpServer, ServerMetrics
 from service.servicers.embedding import EmbeddingServicer
 from service.servicers.index import IndexServicer
+from service.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,9 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     closers: list[Callable[[], None]] = field(default_factory=list)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    # Port of the /metrics HTTP endpoint, when one was asked for.
+    metrics_port: int | None = None
 
     def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets in-flight calls finish within grace seconds, then closes the core."""
@@ -46,6 +55,15 @@ def _service_name(descriptor_module: object, service: str) -> str:
 
 def create_server(settings: Settings, encoder: Encoder | None = None) -> RunningServer:
     """Builds and starts a server on settings.listen ("127.0.0.1:0" picks a free port)."""
+    # Tokens and certificates are checked before the slow model load, so mistakes show at once.
+    metrics = ServerMetrics()
+    # The observer goes first (outermost), so refused calls are logged and counted too.
+    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(metrics)]
+    if settings.tokens_file is not None:
+        interceptors.append(AuthInterceptor(load_tokens(settings.tokens_file)))
+    credentials = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     closers: list[Callable[[], None]] = []
     if encoder is None:
         encoder = Encoder(
@@ -61,6 +79,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ],
+        interceptors=interceptors,
     )
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(encoder, settings), server)
     service_names = [_service_name(embedding_pb2, "EmbeddingService")]
@@ -74,6 +93,8 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         snapshot_every=settings.index_snapshot_every,
     )
     closers.append(store.close)
+    metrics.watch_encoder(encoder)
+    metrics.watch_store(store)
     index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(store), server)
     service_names.append(_service_name(index_pb2, "IndexService"))
 
@@ -84,15 +105,35 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(settings.listen)
+    if credentials is not None:
+        port = server.add_secure_port(settings.listen, credentials)
+    else:
+        port = server.add_insecure_port(settings.listen)
     server.start()
-    log.info("vecserve listening on %s (port %d)", settings.listen, port)
-    return RunningServer(server=server, port=port, health=health_servicer, closers=closers)
+    running = RunningServer(
+        server=server, port=port, health=health_servicer, closers=closers, metrics=metrics
+    )
+    if settings.metrics_listen is not None:
+        try:
+            metrics_server = MetricsHttpServer(metrics, settings.metrics_listen)
+        except InvalidSettings:
+            running.stop(0)
+            raise
+        running.metrics_port = metrics_server.port
+        closers.insert(0, metrics_server.stop)
+    log.info(
+        "vecserve listening on %s (port %d, %s, %s)",
+        settings.listen,
+        port,
+        "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+        "tokens required" if settings.tokens_file else "no authentication",
+    )
+    return running
 
 
 def serve(settings: Settings) -> int:
     """Runs the server until SIGTERM or SIGINT, then shuts down gracefully; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

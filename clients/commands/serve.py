@@ -56,6 +56,25 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--max-queued-texts", type=int, help="texts waiting for the model before calls are refused "
         "with RESOURCE_EXHAUSTED (VECSERVE_MAX_QUEUED_TEXTS)"
     )
+    parser.add_argument(
+        "--tokens-file",
+        help="require bearer tokens: a file of 'ROLE TOKEN' lines, role read or write "
+        "(VECSERVE_TOKENS_FILE; default: no authentication)",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (VECSERVE_TLS_CERT)")
+    parser.add_argument("--tls-key", help="PEM key of --tls-cert (VECSERVE_TLS_KEY)")
+    parser.add_argument(
+        "--tls-client-ca",
+        help="PEM CA certificates: require client certificates they signed, mutual TLS "
+        "(VECSERVE_TLS_CLIENT_CA)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        help="HOST:PORT to serve Prometheus metrics on at /metrics (VECSERVE_METRICS_LISTEN; default off)",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="log lines as text or JSON (VECSERVE_LOG_FORMAT)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -83,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
             max_batch_tokens=args.max_batch_tokens,
             max_batch_wait_ms=args.max_batch_wait_ms,
             max_queued_texts=args.max_queued_texts,
+            tokens_file=args.tokens_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            metrics_listen=args.metrics_listen,
+            log_format=args.log_format,
         )
         return serve(settings)
     except InvalidSettings as error:

@@ -11,7 +11,15 @@ from clients.client import VecserveClient
 
 
 def connect(args: argparse.Namespace) -> VecserveClient:
-    return VecserveClient(args.address, timeout=args.timeout)
+    return VecserveClient(
+        args.address,
+        timeout=args.timeout,
+        token=args.token,
+        tls=args.tls,
+        ca_file=args.ca_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+    )
 
 
 def print_json(value: Any) -> None:

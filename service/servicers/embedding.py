@@ -35,6 +35,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             texts,
             normalize=request.normalize if request.HasField("normalize") else True,
             truncate=request.truncate if request.HasField("truncate") else True,
+            is_cancelled=lambda: not context.is_active(),
         )
         return pb.EmbedResponse(
             embeddings=[
@@ -72,7 +73,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         left, right = list(request.left_texts), list(request.right_texts)
         self._check(left, "left_texts")
         self._check(right, "right_texts")
-        matrix = self._encoder.similarity_matrix(left, right)
+        matrix = self._encoder.similarity_matrix(left, right, is_cancelled=lambda: not context.is_active())
         return pb.CompareTextsResponse(rows=[pb.SimilarityRow(scores=row) for row in matrix.tolist()])
 
     @translate_errors

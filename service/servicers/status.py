@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 
 from service.errors import (
     AlreadyExists,
+    Cancelled,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -29,6 +30,7 @@ _CODES: dict[type[VecserveError], tuple[grpc.StatusCode, int]] = {
     AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
     Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
     FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    Cancelled: (grpc.StatusCode.CANCELLED, code_pb2.CANCELLED),
 }
 
 

@@ -1,0 +1,162 @@
+"""Prometheus metrics of one server, served over HTTP when a metrics address is configured.
+
+Each server has its own registry (so several servers in one process, as in tests, never share
+counters). Calls are counted by the interceptor in service/interceptors.py; queue depth, cancelled
+encoder jobs and the indexes' sizes are read from the core at scrape time by collectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from service.config import parse_host_port
+from service.encoder import Encoder
+from service.errors import InvalidSettings, VecserveError
+from service.index_store import IndexInfo, IndexStore
+
+log = logging.getLogger(__name__)
+
+# Seconds; from a cached tokenize call to a large upsert.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_TEXT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def split_method(method_path: str) -> tuple[str, str]:
+    """("/pkg.Service/Method") -> ("pkg.Service", "Method")."""
+    service, _, method = method_path.lstrip("/").partition("/")
+    return service, method
+
+
+class ServerMetrics:
+    """The metrics of one server; the interceptor records calls, collectors read the core."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "vecserve_grpc_requests",
+            "RPCs finished, by service, method and status code.",
+            ["service", "method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vecserve_grpc_request_duration_seconds",
+            "Time from the start of an RPC's handler to its end, by service and method.",
+            ["service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "vecserve_grpc_requests_in_flight", "RPCs being handled right now.", registry=self.registry
+        )
+        self.batch_texts = Histogram(
+            "vecserve_encoder_batch_texts",
+            "Texts per model call of the dynamic batcher.",
+            buckets=BATCH_TEXT_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_call(self, method_path: str, code_name: str, seconds: float) -> None:
+        service, method = split_method(method_path)
+        self.requests.labels(service, method, code_name).inc()
+        self.latency.labels(service, method).observe(seconds)
+
+    def watch_encoder(self, encoder: Encoder) -> None:
+        """Batch sizes as they run; queue depth and cancelled jobs at scrape time."""
+        batcher = encoder.batcher
+        if batcher is not None:
+            batcher.on_batch = self.batch_texts.observe
+        self.registry.register(_EncoderCollector(encoder))
+
+    def watch_store(self, store: IndexStore) -> None:
+        """Document counts and sizes of every index, read at scrape time."""
+        self.registry.register(_IndexCollector(store))
+
+
+class _EncoderCollector(Collector):
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "vecserve_encoder_queued_texts",
+            "Texts waiting in the dynamic batcher's queue.",
+            value=self._encoder.queued_texts,
+        )
+        batcher = self._encoder.batcher
+        if batcher is not None:
+            yield CounterMetricFamily(
+                "vecserve_encoder_batches",
+                "Model calls run by the dynamic batcher.",
+                value=batcher.batches_run,
+            )
+            yield CounterMetricFamily(
+                "vecserve_encoder_cancelled_jobs",
+                "Queued encoder jobs skipped because their call had been cancelled or had timed out.",
+                value=batcher.cancelled_jobs,
+            )
+
+
+def _all_indexes(store: IndexStore) -> Iterator[IndexInfo]:
+    token = ""
+    while True:
+        infos, token = store.list_indexes(page_token=token)
+        yield from infos
+        if not token:
+            return
+
+
+class _IndexCollector(Collector):
+    def __init__(self, store: IndexStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        documents = GaugeMetricFamily(
+            "vecserve_index_documents", "Documents (and vectors) stored, by index.", labels=["index"]
+        )
+        memory = GaugeMetricFamily(
+            "vecserve_index_memory_bytes", "Bytes the search structure holds in memory.", labels=["index"]
+        )
+        disk = GaugeMetricFamily(
+            "vecserve_index_disk_bytes", "Bytes the index occupies on disk.", labels=["index"]
+        )
+        count = 0
+        vectors = 0
+        # A store closing during a scrape must not fail the whole scrape.
+        with contextlib.suppress(VecserveError):
+            for info in _all_indexes(self._store):
+                count += 1
+                vectors += info.document_count
+                documents.add_metric([info.name], info.document_count)
+                memory.add_metric([info.name], info.memory_bytes)
+                disk.add_metric([info.name], info.disk_bytes)
+        yield GaugeMetricFamily("vecserve_indexes", "Indexes stored.", value=count)
+        yield GaugeMetricFamily("vecserve_vectors_stored", "Vectors stored over all indexes.", value=vectors)
+        yield documents
+        yield memory
+        yield disk
+
+
+class MetricsHttpServer:
+    """Serves /metrics of a registry on its own thread until stop()."""
+
+    def __init__(self, metrics: ServerMetrics, listen: str) -> None:
+        host, port = parse_host_port(listen, "metrics_listen")
+        try:
+            self._server: WSGIServer
+            self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        except OSError as error:
+            raise InvalidSettings(f"cannot serve metrics on {listen}: {error}") from error
+        self.port: int = self._server.server_port
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

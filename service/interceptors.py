@@ -77,16 +77,16 @@ def request_id_from(metadata: Any) -> str | None:
 
 
 def _final_code(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
+    """The status the client sees: a call it gave up on (deadline or cancel) ended that way, whatever
+    the handler set afterwards."""
+    if not context.is_active():
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
-    if not context.is_active():
-        remaining = context.time_remaining()
-        return (
-            grpc.StatusCode.DEADLINE_EXCEEDED
-            if remaining is not None and remaining <= 0
-            else grpc.StatusCode.CANCELLED
-        )
     return grpc.StatusCode.UNKNOWN if raised else grpc.StatusCode.OK
 
 
@@ -150,6 +150,7 @@ class ObservingInterceptor(grpc.ServerInterceptor):
                 seconds * 1000,
                 extra={
                     "fields": {
+                        "request_id": request_id,
                         "method": method,
                         "code": code.name,
                         "duration_ms": round(seconds * 1000, 3),

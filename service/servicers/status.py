@@ -66,9 +66,11 @@ def translate_errors(method: F) -> F:
             return method(self, request, context)
         except VecserveError as error:
             abort_with_error(context, error)
-        except Exception:
+        except Exception as error:
             if context.code() is not None:  # already aborted deliberately
                 raise
+            if isinstance(error, grpc.RpcError) and not context.is_active():
+                raise  # a request stream ended by the client's cancel or deadline: nothing to answer
             log.exception("unexpected error in %s", method.__qualname__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see server log")
         return None

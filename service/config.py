@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.backends import BACKENDS, TORCH
 from service.batching import BatchingSettings
 from service.errors import InvalidSettings
 from service.logging_setup import LOG_FORMATS
@@ -30,6 +31,8 @@ class Settings:
     # None means the packaged default model.
     model: str | None = None
     device: str = "auto"
+    # What runs the model on the CPU: torch, or a faster OpenVINO build (see service/backends.py).
+    backend: str = TORCH
     max_texts_per_request: int = 1024
     max_text_characters: int = 100_000
     max_message_bytes: int = 64 * 1024 * 1024
@@ -61,6 +64,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise InvalidSettings(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.backend not in BACKENDS:
+            raise InvalidSettings(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend != TORCH and self.device == "cuda":
+            raise InvalidSettings(f"the {self.backend} backend runs on the CPU: use device cpu or auto")
         for name in ("max_texts_per_request", "max_text_characters", "max_message_bytes", "worker_threads"):
             if getattr(self, name) < 1:
                 raise InvalidSettings(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -98,6 +105,11 @@ class Settings:
             max_wait_seconds=self.max_batch_wait_ms / 1000,
             max_queued_texts=self.max_queued_texts,
         )
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where exported backend models are built and kept (a dot name never clashes with an index)."""
+        return self.data_dir / ".models"
 
     @property
     def model_name_or_path(self) -> str:

@@ -7,9 +7,11 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from service import backends
 from service.batching import BatchingSettings, CancelCheck, DynamicBatcher
 from service.errors import Cancelled, InvalidArgument, InvalidSettings
 
@@ -26,6 +28,8 @@ class ModelInfo:
     vocabulary_size: int
     device: str
     dtype: str
+    # What runs the model: "torch" or one of the faster CPU backends in service/backends.py.
+    backend: str = backends.TORCH
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,10 @@ class Encoder:
         device: str = "auto",
         batching: BatchingSettings | None = None,
         max_texts_per_request: int = 1024,
+        backend: str = backends.TORCH,
+        cache_dir: Path | None = None,
     ) -> None:
+        """`backend` other than torch needs `cache_dir`, where its exported model is built once."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -85,6 +92,13 @@ class Encoder:
         except ImportError:  # sentence-transformers < 6
             from sentence_transformers.models import Normalize
 
+        backends.check_backend_name(backend)
+        if backend != backends.TORCH:
+            if device.startswith("cuda"):
+                raise InvalidSettings(f"the {backend} backend runs on the CPU: use device cpu or auto")
+            if cache_dir is None:
+                raise InvalidSettings(f"the {backend} backend needs a cache directory for its exported model")
+            device = "cpu"
         device_name, dtype = resolve_device(device, torch.cuda.is_available())
         log.info("loading model %s on %s (%s)", model_name_or_path, device_name, dtype)
         model = SentenceTransformer(model_name_or_path, device=device_name)
@@ -96,6 +110,12 @@ class Encoder:
             del model[len(model) - 1]
         model.eval()
         self._model = model
+        self._backend_run: backends.RunFunction | None = None
+        if backend != backends.TORCH:
+            assert cache_dir is not None
+            loaded = backends.load_backend(backend, model, cache_dir)
+            self._backend_run = loaded.run
+            dtype = loaded.dtype
         # Hugging Face fast tokenizers are not safe for concurrent calls, and the model's own one is
         # busy inside model calls: request threads count and split tokens with a copy of their own.
         self._tokenizer = copy.deepcopy(model.tokenizer)
@@ -113,6 +133,7 @@ class Encoder:
             vocabulary_size=len(self._tokenizer),
             device=str(model.device),
             dtype=dtype,
+            backend=backend,
         )
         self._batcher: DynamicBatcher | None = None
         if batching is not None:
@@ -230,6 +251,8 @@ class Encoder:
 
     def _run_model(self, texts: list[str]) -> np.ndarray:
         """Raw pooled vectors; called by one thread at a time (the batcher's worker or under the lock)."""
+        if self._backend_run is not None:
+            return self._backend_run(texts)
         vectors = self._model.encode(
             texts,
             batch_size=ENCODE_BATCH_SIZE,

@@ -71,6 +71,8 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
             settings.device,
             batching=settings.batching,
             max_texts_per_request=settings.max_texts_per_request,
+            backend=settings.backend,
+            cache_dir=settings.model_cache_dir,
         )
         closers.append(encoder.close)
     server = grpc.server(

@@ -88,6 +88,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             vocabulary_size=info.vocabulary_size,
             device=info.device,
             dtype=info.dtype,
+            backend=info.backend,
             server_version=__version__,
             max_texts_per_request=self._settings.max_texts_per_request,
             max_text_characters=self._settings.max_text_characters,

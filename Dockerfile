@@ -63,15 +63,20 @@ RUN groupadd --gid 10001 vecserve \
     && mkdir -p /app/indexes \
     && chown vecserve:vecserve /app/indexes
 COPY --from=build /opt/venv /opt/venv
+# The server's address and data directory as VECSERVE_* variables rather than flags, so that `docker run -e`
+# can change them; the health check below follows VECSERVE_LISTEN's port.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
+    TRANSFORMERS_OFFLINE=1 \
+    VECSERVE_LISTEN=0.0.0.0:50051 \
+    VECSERVE_DATA_DIR=/app/indexes
 WORKDIR /app
 USER vecserve
 # Indexes live here; a named volume or bind mount keeps them across container restarts.
 VOLUME ["/app/indexes"]
 EXPOSE 50051
 # Asks the standard grpc.health.v1 service; the model loads before the port opens, hence the start period.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 CMD ["python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=5); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
-CMD ["vecserve", "serve", "--listen", "0.0.0.0:50051", "--data-dir", "/app/indexes"]
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = os.environ['VECSERVE_LISTEN'].rpartition(':')[2]; r = g.HealthStub(grpc.insecure_channel(f'127.0.0.1:{port}')).Check(h.HealthCheckRequest(), timeout=5); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
+# Equivalent to `vecserve serve --listen 0.0.0.0:50051 --data-dir /app/indexes`, through the variables above.
+CMD ["vecserve", "serve"]

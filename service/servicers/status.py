@@ -33,6 +33,21 @@ _CODES: dict[type[VecserveError], tuple[grpc.StatusCode, int]] = {
     Cancelled: (grpc.StatusCode.CANCELLED, code_pb2.CANCELLED),
 }
 
+# A status travels in trailers, which clients cap (8 KiB by default, counted after percent-encoding):
+# messages that quote a huge input are cut so that the error still reaches the client.
+MAX_MESSAGE_BYTES = 1024
+MAX_FIELD_BYTES = 256
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` in at most about `limit` UTF-8 bytes: its head and its tail (where the advice usually is)."""
+    encoded = text.encode("utf-8", "backslashreplace")
+    if len(encoded) <= limit:
+        return text
+    head = encoded[: limit * 2 // 3].decode("utf-8", "ignore")
+    tail = encoded[-(limit // 3) :].decode("utf-8", "ignore")
+    return f"{head} [... {len(encoded) - len(head.encode()) - len(tail.encode())} bytes cut ...] {tail}"
+
 
 def abort_with_error(context: grpc.ServicerContext, error: VecserveError) -> None:
     """Ends the call with the status code of a domain error (never returns)."""
@@ -40,13 +55,16 @@ def abort_with_error(context: grpc.ServicerContext, error: VecserveError) -> Non
         (codes for error_type, codes in _CODES.items() if isinstance(error, error_type)),
         (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL),
     )
-    status = status_pb2.Status(code=numeric_code, message=str(error))
+    message = bounded(str(error), MAX_MESSAGE_BYTES)
+    status = status_pb2.Status(code=numeric_code, message=message)
     if isinstance(error, InvalidArgument) and error.field:
         details = any_pb2.Any()
         details.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=str(error))
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=bounded(error.field, MAX_FIELD_BYTES), description=message
+                    )
                 ]
             )
         )

@@ -97,7 +97,9 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     closers.append(store.close)
     metrics.watch_encoder(encoder)
     metrics.watch_store(store)
-    index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(store), server)
+    index_pb2_grpc.add_IndexServiceServicer_to_server(
+        IndexServicer(store, max_response_bytes=settings.max_message_bytes), server
+    )
     service_names.append(_service_name(index_pb2, "IndexService"))
 
     health_servicer = health.HealthServicer()

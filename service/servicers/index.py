@@ -181,6 +181,31 @@ def conditions_from_filter(message: pb.Filter) -> list[Condition]:
     return conditions
 
 
+def _hit_size(hit: Hit) -> int:
+    """About the serialized size of a hit, in bytes (characters stand in for UTF-8 bytes)."""
+    metadata = sum(len(key) + len(str(value)) + 8 for key, value in hit.metadata.items())
+    vector = 4 * len(hit.vector) if hit.vector is not None else 0
+    return len(hit.id) + len(hit.text) + metadata + vector + 16
+
+
+def check_response_size(results: list[list[Hit]], limit: int) -> None:
+    """Refuses an answer larger than the message limit before building it: a search with many queries
+    and a large k over long documents could otherwise hold gigabytes of copies of the same texts."""
+    sizes: dict[str, int] = {}
+    total = 0
+    for hits in results:
+        for hit in hits:
+            if hit.id not in sizes:
+                sizes[hit.id] = _hit_size(hit)
+            total += sizes[hit.id]
+    if total > limit:
+        raise InvalidArgument(
+            f"the answer would hold about {total:,} bytes, more than the limit of {limit:,} bytes per "
+            "message: lower k, send fewer queries at once, or leave out include_vectors",
+            "k",
+        )
+
+
 def hit_message(hit: Hit) -> pb.SearchHit:
     return pb.SearchHit(
         id=hit.id,
@@ -192,8 +217,9 @@ def hit_message(hit: Hit) -> pb.SearchHit:
 
 
 class IndexServicer(pb_grpc.IndexServiceServicer):
-    def __init__(self, store: IndexStore) -> None:
+    def __init__(self, store: IndexStore, max_response_bytes: int = 64 * 1024 * 1024) -> None:
         self._store = store
+        self._max_response_bytes = max_response_bytes
 
     @translate_errors
     def CreateIndex(
@@ -317,6 +343,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             conditions=conditions_from_filter(request.filter),
             include_vectors=request.include_vectors,
         )
+        check_response_size(results, self._max_response_bytes)
         return pb.SearchResponse(
             results=[pb.QueryResult(hits=[hit_message(hit) for hit in hits]) for hits in results]
         )

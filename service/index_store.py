@@ -83,6 +83,8 @@ RERANK_MINIMUM = 32
 DEFAULT_SNAPSHOT_EVERY = 50_000
 # Rows read from SQLite at a time when (re)building a structure.
 LOAD_CHUNK = 50_000
+# Snapshots carry one CRC-32 per chunk of this size, so start-up verifies them in parallel.
+CHECKSUM_CHUNK = 64 * 1024 * 1024
 
 DATABASE_FILE = "documents.sqlite3"
 MANIFEST_FILE = "snapshot.json"
@@ -566,6 +568,19 @@ def _write_durably(path: Path, data: bytes | memoryview) -> None:
     _fsync_directory(path.parent)
 
 
+def _file_checksums(path: Path) -> list[int]:
+    """CRC-32 of each CHECKSUM_CHUNK of a file, computed on all cores (zlib releases the GIL)."""
+
+    def checksum(offset: int) -> int:
+        with open(path, "rb", buffering=0) as handle:
+            handle.seek(offset)
+            return zlib.crc32(handle.read(CHECKSUM_CHUNK))
+
+    offsets = range(0, path.stat().st_size, CHECKSUM_CHUNK)
+    with ThreadPoolExecutor(max_workers=min(len(offsets), os.cpu_count() or 1) or 1) as pool:
+        return list(pool.map(checksum, offsets))
+
+
 def _vectors_from_blobs(blobs: Sequence[bytes], dimension: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dimension)
 
@@ -672,7 +687,7 @@ class _Index:
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._readers_lock = threading.Lock()
-        self.document_count = self._writer.execute("SELECT count(*) FROM documents").fetchone()[0]
+        self.document_count = 0
         row = self._writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'documents'").fetchone()
         self._next_faiss_id = (row[0] if row else 0) + 1
         self.structure = self._load_structure()
@@ -723,6 +738,7 @@ class _Index:
 
     def _load_structure(self) -> faiss.Index:
         live_ids = self._live_ids()
+        self.document_count = len(live_ids)
         structure = self._read_snapshot()
         if structure is None:
             structure = _empty_structure(self.spec)
@@ -780,10 +796,13 @@ class _Index:
             return None
         try:
             manifest = json.loads(manifest_path.read_text())
-            data = np.fromfile(self.path / manifest["file"], dtype=np.uint8)
-            if len(data) != manifest["bytes"] or zlib.crc32(data) != manifest["crc32"]:
-                raise ValueError("size or CRC-32 does not match the manifest")
-            structure = faiss.deserialize_index(data)
+            snapshot_path = self.path / manifest["file"]
+            if snapshot_path.stat().st_size != manifest["bytes"]:
+                raise ValueError("its size does not match the manifest")
+            # Verified before FAISS reads a byte of it.
+            if _file_checksums(snapshot_path) != manifest["crc32_chunks"]:
+                raise ValueError("its CRC-32 does not match the manifest")
+            structure = faiss.read_index(str(snapshot_path))
             if not _structure_matches(self.spec, structure):
                 raise ValueError("the structure does not match the index settings")
             return structure
@@ -832,12 +851,16 @@ class _Index:
                 generation = int(json.loads(manifest_path.read_text())["generation"]) + 1
         file_name = f"snapshot-{generation:08d}.faiss"
         _write_durably(self.path / file_name, memoryview(data))
+        view = memoryview(data)
         manifest = {
             "format": FORMAT_VERSION,
             "generation": generation,
             "file": file_name,
             "bytes": len(data),
-            "crc32": zlib.crc32(data),
+            "crc32_chunk_bytes": CHECKSUM_CHUNK,
+            "crc32_chunks": [
+                zlib.crc32(view[i : i + CHECKSUM_CHUNK]) for i in range(0, len(data), CHECKSUM_CHUNK)
+            ],
         }
         _write_durably(manifest_path, json.dumps(manifest).encode())
         for old in self.path.glob("snapshot-*.faiss*"):

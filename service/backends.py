@@ -22,6 +22,7 @@ import random
 import shutil
 import tempfile
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ RECIPE_VERSION = 1
 INFERENCE_BATCH_SIZE = 64
 CALIBRATION_TEXT_COUNT = 300
 QUALITY_CHECK_BATCH = 8
+STALE_BUILD_SECONDS = 3600
 
 # Runs the model on texts and returns raw pooled float32 vectors, one row per text.
 RunFunction = Callable[[list[str]], np.ndarray]
@@ -225,7 +227,9 @@ def _prose_paragraphs() -> list[str]:
     paragraphs = set()
     for module_name in _PROSE_MODULES:
         module = importlib.import_module(module_name)
-        for owner in [module, *(getattr(module, name) for name in dir(module) if not name.startswith("_"))]:
+        public = [getattr(module, name) for name in getattr(module, "__all__", ()) if hasattr(module, name)]
+        # Submodules are left out: which of them are attributes depends on what was imported before.
+        for owner in [module, *(member for member in public if not isinstance(member, types.ModuleType))]:
             doc = getattr(owner, "__doc__", None)
             if not isinstance(doc, str) or (owner is not module and doc == type(owner).__doc__):
                 continue
@@ -355,9 +359,7 @@ def _input_names(model: SentenceTransformer) -> list[str]:
     return [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in features]
 
 
-def _build(
-    name: str, model: SentenceTransformer, target: Path, calibration: Sequence[str] | None
-) -> dict[str, Any]:
+def _build(name: str, model: SentenceTransformer, target: Path) -> dict[str, Any]:
     """Exports (and for int8 quantizes) the model into target; returns the build record."""
     import openvino as ov
 
@@ -367,9 +369,8 @@ def _build(
     export_seconds = time.perf_counter() - started
     quantize_seconds = 0.0
     if name == OPENVINO_INT8:
-        texts = list(calibration) if calibration is not None else calibration_texts()
         started = time.perf_counter()
-        converted = _quantize_int8(converted, model, input_names, texts)
+        converted = _quantize_int8(converted, model, input_names, calibration_texts())
         quantize_seconds = time.perf_counter() - started
     # Weights stay float32 in the file for the float backend: the device picks its own precision.
     ov.save_model(converted, target / "model.xml", compress_to_fp16=False)
@@ -389,22 +390,24 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def ensure_built(
-    name: str, model: SentenceTransformer, cache_dir: Path, calibration: Sequence[str] | None = None
-) -> tuple[Path, bool]:
+def ensure_built(name: str, model: SentenceTransformer, cache_dir: Path) -> tuple[Path, bool]:
     """The cached build folder for this model and backend, building it first when missing.
 
     Returns (folder, whether this call built it). Concurrent builders each work in a private
     temporary folder; the first rename wins and the others discard theirs.
     """
     target = Path(cache_dir) / model_fingerprint(model) / name
+    for stale in target.parent.glob(".build-*"):
+        # Left by a process killed mid-build (a live build finishes in minutes).
+        if time.time() - stale.stat().st_mtime > STALE_BUILD_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     if (target / "build.json").exists():
         return target, False
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("building the %s backend into %s (once per model)", name, target)
     scratch = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=target.parent))
     try:
-        record = _build(name, model, scratch, calibration)
+        record = _build(name, model, scratch)
         (scratch / "build.json").write_text(json.dumps(record, indent=2) + "\n")
         _fsync_tree(scratch)
         try:
@@ -472,12 +475,7 @@ def check_quality(run: RunFunction, model: SentenceTransformer) -> float:
     return mean_cosine(fast, np.asarray(expected, dtype=np.float32))
 
 
-def load_backend(
-    name: str,
-    model: SentenceTransformer,
-    cache_dir: Path,
-    calibration: Sequence[str] | None = None,
-) -> LoadedBackend:
+def load_backend(name: str, model: SentenceTransformer, cache_dir: Path) -> LoadedBackend:
     """Builds (once) and loads a backend for a float32 CPU model, then checks it against torch.
 
     `model` is the float32 torch reference: the backend is refused with InvalidSettings when the
@@ -493,13 +491,14 @@ def load_backend(
         raise InvalidSettings(
             f"the {name} backend needs OpenVINO and NNCF: pip install 'vecserve[openvino]' ({error})"
         ) from error
-    folder, built = ensure_built(name, model, cache_dir, calibration)
+    folder, built = ensure_built(name, model, cache_dir)
     runner = OpenVinoRunner(model, folder)
     quality = check_quality(runner, model)
     if quality < MIN_MEAN_COSINE:
+        alternatives = "torch" if name == OPENVINO else f"{OPENVINO} or torch"
         raise InvalidSettings(
             f"the {name} backend's vectors differ too much from float32 torch on this model and machine "
-            f"(mean cosine {quality:.4f} < {MIN_MEAN_COSINE}); use --backend openvino or torch"
+            f"(mean cosine {quality:.4f} < {MIN_MEAN_COSINE}); use backend {alternatives}"
         )
     log.info("backend %s ready (%s, mean cosine %.4f vs float32 torch)", name, runner.dtype, quality)
     return LoadedBackend(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sentence_transformers import SentenceTransformer
 
 from clients import VecserveClient
 from service import backends
@@ -120,18 +124,45 @@ def test_second_load_reuses_the_cached_build(int8_encoder: Encoder, model_cache:
     assert snapshot() == before
 
 
-def test_ensure_built_reports_whether_it_built(int8_encoder: Encoder, model_cache: Path) -> None:
-    from sentence_transformers import SentenceTransformer
-
+@pytest.fixture(scope="module")
+def torch_model() -> SentenceTransformer:
+    """The float32 model as the encoder holds it (its Normalize layer dropped)."""
     model = SentenceTransformer(default_model_path(), device="cpu")
-    del model[len(model) - 1]  # the Normalize layer, as the encoder drops it
-    folder, built = backends.ensure_built(backends.OPENVINO_INT8, model, model_cache)
-    assert not built
-    assert folder.parent.name == backends.model_fingerprint(model)
-    assert folder.name == backends.OPENVINO_INT8
+    del model[len(model) - 1]
+    return model
+
+
+def test_load_backend_reports_the_cached_build(
+    int8_encoder: Encoder, model_cache: Path, torch_model: SentenceTransformer
+) -> None:
+    loaded = backends.load_backend(backends.OPENVINO_INT8, torch_model, model_cache)
+    assert not loaded.built
+    assert loaded.dtype == "int8"
+    assert loaded.mean_cosine >= backends.MIN_MEAN_COSINE
+    fingerprint = backends.model_fingerprint(torch_model)
+    assert loaded.model_dir == model_cache / fingerprint / backends.OPENVINO_INT8
+    assert (loaded.model_dir / "model.xml").is_file()
     # Other weights are another model: it gets its own build folder.
-    next(iter(model.parameters())).data[0, 0] += 1.0
-    assert folder.parent.name != backends.model_fingerprint(model)
+    changed = copy.deepcopy(torch_model)
+    next(iter(changed.parameters())).data[0, 0] += 1.0
+    assert backends.model_fingerprint(changed) != fingerprint
+
+
+def test_scratch_folders_of_killed_builds_are_removed(
+    int8_encoder: Encoder, model_cache: Path, torch_model: SentenceTransformer
+) -> None:
+    fingerprint_dir = model_cache / backends.model_fingerprint(torch_model)
+    killed = fingerprint_dir / ".build-openvino-int8-killed"
+    killed.mkdir()
+    long_ago = time.time() - backends.STALE_BUILD_SECONDS - 60
+    os.utime(killed, (long_ago, long_ago))
+    running = fingerprint_dir / ".build-openvino-int8-running"
+    running.mkdir()
+    _, built = backends.ensure_built(backends.OPENVINO_INT8, torch_model, model_cache)
+    assert not built
+    assert not killed.exists()
+    assert running.exists()  # young: another process may still be building into it
+    running.rmdir()
 
 
 def test_backend_below_the_quality_guard_is_refused(

@@ -30,6 +30,8 @@ from tests.server_process import ServerProcess
 DIMENSION = 384
 LOAD_BATCH = 20_000
 QUERIES = 200
+# Lighter than the store's defaults, so a million-vector graph builds in minutes on two cores.
+DEFAULT_HNSW = HnswParams(m=16, ef_construction=40, ef_search=64)
 BUCKETS = 100  # metadata "bucket" = i % BUCKETS, for a filter matching 1% of the documents
 
 
@@ -160,7 +162,7 @@ def open_timed(directory: Path) -> tuple[float, IndexStore]:
     return time.perf_counter() - began, store
 
 
-def large_index(report: Report, count: int, scratch: Path, hnsw: HnswParams) -> None:
+def large_index(report: Report, count: int, scratch: Path, hnsw: HnswParams | None) -> None:
     section = f"index {count:,}"
     queries = query_vectors(QUERIES)
 
@@ -200,6 +202,8 @@ def large_index(report: Report, count: int, scratch: Path, hnsw: HnswParams) -> 
     store.close()
     report.add(section, "start-up rebuilding from the record, flat", rebuild, "s", "no snapshot")
     report.add(section, "rebuild / snapshot start-up, flat", rebuild / startup, "ratio")
+    if hnsw is None:
+        return
 
     hnsw_dir = scratch / "hnsw"
     store = IndexStore(hnsw_dir, max_documents_per_request=LOAD_BATCH)
@@ -244,13 +248,16 @@ def large_index(report: Report, count: int, scratch: Path, hnsw: HnswParams) -> 
 
 
 def run(
-    report: Report, documents: int | None = None, vectors: int | None = None, hnsw: HnswParams | None = None
+    report: Report,
+    documents: int | None = None,
+    vectors: int | None = None,
+    hnsw: HnswParams | None = DEFAULT_HNSW,
 ) -> None:
+    """hnsw=None leaves out the HNSW half of the large index."""
     if documents is None:
         documents = report.pick(tiny=200, quick=2_000, full=10_000)
     if vectors is None:
         vectors = report.pick(tiny=5_000, quick=100_000, full=1_000_000)
-    hnsw = hnsw or HnswParams(m=16, ef_construction=40, ef_search=64)
     with tempfile.TemporaryDirectory(dir=os.environ.get("VECSERVE_BENCH_DIR")) as scratch:
         if documents:
             bulk_load(report, documents, Path(scratch))
@@ -268,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--hnsw-ef-construction", type=int, default=40)
     parser.add_argument("--hnsw-ef-search", type=int, default=64)
+    parser.add_argument("--no-hnsw", action="store_true", help="skip the HNSW half of the large index")
     parser.add_argument("--json-out", type=Path, default=Path("bench-index.json"))
     args = parser.parse_args(argv)
     report = Report(size=args.size, context=machine_context())
@@ -276,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         report,
         documents=args.documents,
         vectors=args.vectors,
-        hnsw=HnswParams(
+        hnsw=None
+        if args.no_hnsw
+        else HnswParams(
             m=args.hnsw_m, ef_construction=args.hnsw_ef_construction, ef_search=args.hnsw_ef_search
         ),
     )

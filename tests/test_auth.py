@@ -171,7 +171,9 @@ def test_allowed_calls_really_work(auth_server: RunningServer) -> None:
     with VecserveClient(address, token=WRITE_TOKEN) as writer:
         writer.upsert(INDEX, [{"id": "window", "text": "a window"}])
         assert writer.get_document(INDEX, "window").text == "a window"
-        assert writer.delete_documents(INDEX, ["window"]) == 1
+        streamed = writer.stream_upsert(INDEX, [[{"id": "gate", "text": "a gate"}]], timeout=60)
+        assert streamed.upserted_count == 1
+        assert writer.delete_documents(INDEX, ["window", "gate"]) == 2
 
 
 def test_refused_writes_change_nothing(auth_server: RunningServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,3 +190,25 @@ def test_unreadable_or_inconsistent_tls_settings_are_refused(
 def test_client_certificate_needs_its_key(pki: Pki) -> None:
     with pytest.raises(ValueError, match="needs its key"):
         VecserveClient("127.0.0.1:1", ca_file=pki.ca.cert_path, client_cert=pki.client.cert)
+
+
+def test_tokens_over_tls(encoder: Encoder, pki: Pki, tmp_path: Path) -> None:
+    token = "tls-" + secrets.token_urlsafe(24)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read {token}\n")
+    settings = Settings(
+        listen="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        tls_cert=pki.server.cert,
+        tls_key=pki.server.key,
+        tokens_file=tokens,
+    )
+    running = create_server(settings, encoder=encoder)
+    try:
+        address = f"127.0.0.1:{running.port}"
+        with VecserveClient(address, ca_file=pki.ca.cert_path, token=token) as client:
+            assert client.model_info().dimension == 384
+        with VecserveClient(address, ca_file=pki.ca.cert_path) as client:
+            assert refused(client) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        running.stop(grace=2)

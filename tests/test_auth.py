@@ -22,7 +22,7 @@ from vecserve.v1 import analogy_pb2, embedding_pb2, index_pb2
 from clients import VecserveClient
 from clients.cli import main as cli_main
 from service.auth import READ_RPCS, Role, TokenTable, load_tokens, protected_methods
-from service.config import Settings
+from service.config import Settings, settings_from_env
 from service.encoder import Encoder
 from service.errors import InvalidSettings
 from service.server import RunningServer, create_server
@@ -334,3 +334,9 @@ def test_serve_refuses_to_start_with_a_malformed_tokens_file(tmp_path: Path) -> 
     assert finished.returncode == 2
     assert f"{tokens}:2: expected 'ROLE TOKEN'" in finished.stderr
     assert READ_TOKEN not in finished.stderr + finished.stdout
+
+
+def test_tokens_file_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VECSERVE_TOKENS_FILE", str(tmp_path / "tokens"))
+    assert settings_from_env().tokens_file == tmp_path / "tokens"
+    assert settings_from_env(tokens_file=str(tmp_path / "flag")).tokens_file == tmp_path / "flag"

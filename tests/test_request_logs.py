@@ -16,6 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
 
+from service.config import Settings, settings_from_env
+from service.errors import InvalidSettings
 from service.interceptors import REQUEST_ID_HEADER
 from service.logging_setup import REQUEST_ID, JsonFormatter, TextFormatter
 from tests.server_process import ServerProcess, free_port
@@ -161,3 +163,10 @@ def test_serve_flags_json_logs_metrics_and_tokens_together(tmp_path: Path) -> No
     assert access["code"] == "OK"
     assert any(line.get("code") == "UNAUTHENTICATED" for line in lines)
     assert write_token not in server.log_path.read_text()
+
+
+def test_log_format_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VECSERVE_LOG_FORMAT", "json")
+    assert settings_from_env().log_format == "json"
+    with pytest.raises(InvalidSettings, match="log_format must be one of text, json"):
+        Settings(log_format="xml")

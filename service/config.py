@@ -35,6 +35,8 @@ class Settings:
     backend: str = TORCH
     max_texts_per_request: int = 1024
     max_text_characters: int = 100_000
+    # Characters in all the texts of one request: bounds the memory a Tokenize or Embed call can take.
+    max_request_characters: int = 4_000_000
     max_message_bytes: int = 64 * 1024 * 1024
     # Threads serving RPCs; concurrent calls beyond this wait in gRPC's queue.
     worker_threads: int = 32
@@ -68,7 +70,13 @@ class Settings:
             raise InvalidSettings(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend != TORCH and self.device == "cuda":
             raise InvalidSettings(f"the {self.backend} backend runs on the CPU: use device cpu or auto")
-        for name in ("max_texts_per_request", "max_text_characters", "max_message_bytes", "worker_threads"):
+        for name in (
+            "max_texts_per_request",
+            "max_text_characters",
+            "max_request_characters",
+            "max_message_bytes",
+            "worker_threads",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidSettings(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in (

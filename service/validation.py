@@ -12,6 +12,7 @@ def check_texts(
     field: str,
     max_count: int,
     max_characters: int,
+    max_total_characters: int | None = None,
     allow_blank: bool = False,
 ) -> None:
     """A batch must be non-empty and within limits; blank texts are refused unless allow_blank."""
@@ -33,4 +34,12 @@ def check_texts(
             raise InvalidArgument(
                 f"{field}[{position}] is empty or only whitespace: there is nothing to embed",
                 field=f"{field}[{position}]",
+            )
+    if max_total_characters is not None:
+        total = sum(len(text) for text in texts)
+        if total > max_total_characters:
+            raise InvalidArgument(
+                f"{field} has {total} characters in all, more than the limit of {max_total_characters} "
+                "per request; split the batch",
+                field=field,
             )

@@ -178,3 +178,21 @@ def test_reflection_serves_the_embed_descriptor(address: str) -> None:
     served = next(f for f in files if f.name == "vecserve/v1/embedding.proto")
     methods = [m.name for m in served.service[0].method]
     assert methods == ["Embed", "Tokenize", "CompareTexts", "GetModelInfo"]
+
+
+def test_request_character_total_is_limited(encoder: Encoder, tmp_path) -> None:
+    from service.config import Settings
+    from service.server import create_server
+
+    running = create_server(
+        Settings(listen="127.0.0.1:0", data_dir=tmp_path, max_request_characters=1000), encoder=encoder
+    )
+    try:
+        with VecserveClient(f"127.0.0.1:{running.port}", timeout=60) as small:
+            for call in (small.embed, small.tokenize):
+                error = rpc_error(call, ["x" * 600, "y" * 600])
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "1200 characters in all" in error.details() and "limit of 1000" in error.details()
+            assert len(small.tokenize(["x" * 500, "y" * 500]).results) == 2
+    finally:
+        running.stop(2)

@@ -36,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     parser.add_argument("--max-texts-per-request", type=int, help="VECSERVE_MAX_TEXTS_PER_REQUEST")
     parser.add_argument("--max-text-characters", type=int, help="VECSERVE_MAX_TEXT_CHARACTERS")
+    parser.add_argument(
+        "--max-request-characters", type=int, help="characters in all texts of one request "
+        "(VECSERVE_MAX_REQUEST_CHARACTERS)"
+    )
     parser.add_argument("--max-message-bytes", type=int, help="VECSERVE_MAX_MESSAGE_BYTES")
     parser.add_argument("--worker-threads", type=int, help="VECSERVE_WORKER_THREADS")
     parser.add_argument(
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             backend=args.backend,
             max_texts_per_request=args.max_texts_per_request,
             max_text_characters=args.max_text_characters,
+            max_request_characters=args.max_request_characters,
             max_message_bytes=args.max_message_bytes,
             worker_threads=args.worker_threads,
             dynamic_batching=args.dynamic_batching,

@@ -24,6 +24,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             field,
             max_count=self._settings.max_texts_per_request,
             max_characters=self._settings.max_text_characters,
+            max_total_characters=self._settings.max_request_characters,
             allow_blank=allow_blank,
         )
 

@@ -437,24 +437,38 @@ class OpenVinoRunner:
         record = json.loads((folder / "build.json").read_text())
         self._model = model  # for its preprocessing (tokenizer, truncation, padding)
         self._input_names: list[str] = record["input_names"]
-        core = ov.Core()
-        # One model call at a time runs here (the batcher's worker): latency mode gives it every core.
-        self._compiled = core.compile_model(folder / "model.xml", "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-        self._request = self._compiled.create_infer_request()
+        # Throughput mode: one single-threaded stream per core, fed sub-batches in parallel. On a
+        # busy 2-core machine it ran batches 1.5-2x faster than one two-thread latency stream, whose
+        # threads wait for each other, and single texts no slower.
+        self._compiled = ov.Core().compile_model(
+            folder / "model.xml", "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"}
+        )
+        self._streams = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests = ov.AsyncInferQueue(self._compiled, self._streams)
+        self._requests.set_callback(_store_rows)
         self._dimension = self._compiled.outputs[0].get_partial_shape()[1].get_length()
         precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.dtype = "int8" if record["backend"] == OPENVINO_INT8 else _DTYPE_NAMES.get(precision, precision)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        """Raw pooled vectors; one caller at a time (the batcher's worker or the encoder's lock)."""
         vectors = np.empty((len(texts), self._dimension), dtype=np.float32)
-        # Length-sorted batches pad less, as sentence-transformers' encode does.
+        # Length-sorted sub-batches pad less, as sentence-transformers' encode does; enough of them
+        # to keep every stream busy, while the next one is tokenized here.
         order = np.argsort([-len(text) for text in texts], kind="stable")
-        for start in range(0, len(texts), INFERENCE_BATCH_SIZE):
-            chunk = order[start : start + INFERENCE_BATCH_SIZE]
-            features = _features(self._model, [texts[index] for index in chunk])
+        size = min(INFERENCE_BATCH_SIZE, max(1, -(-len(texts) // self._streams)))
+        for start in range(0, len(texts), size):
+            rows = order[start : start + size]
+            features = _features(self._model, [texts[index] for index in rows])
             inputs = {name: features[name].numpy() for name in self._input_names}
-            vectors[chunk] = self._request.infer(inputs)[0]
+            self._requests.start_async(inputs, (vectors, rows))
+        self._requests.wait_all()
         return vectors
+
+
+def _store_rows(request: Any, target: tuple[np.ndarray, np.ndarray]) -> None:
+    vectors, rows = target
+    vectors[rows] = request.get_output_tensor(0).data
 
 
 _DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}

@@ -1,4 +1,8 @@
-"""Faster CPU backends: quality against float32 torch, the build cache, refusal and a real server."""
+"""Faster CPU backends: quality against float32 torch, the build cache, refusal and a real server.
+
+Tests that need a backend build are marked slow: the first one exports and calibrates the model
+(half a minute to a minute on 2 cores); the rest reuse that build from a session-wide cache.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ def per_text_cosines(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.sum(left * right, axis=1) / (np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend_fixture", ["int8_encoder", "float_encoder"])
 def test_backend_vectors_match_float32_torch(
     backend_fixture: str, request: pytest.FixtureRequest, encoder: Encoder
@@ -83,6 +88,7 @@ def test_backend_vectors_match_float32_torch(
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), np.linalg.norm(reference, axis=1), rtol=0.1)
 
 
+@pytest.mark.slow
 def test_backend_keeps_the_ranking_of_a_search(int8_encoder: Encoder, encoder: Encoder) -> None:
     queries, passages = SEARCH_STYLE_TEXTS[:3], SEARCH_STYLE_TEXTS[3:]
     fast = int8_encoder.similarity_matrix(queries, passages)
@@ -91,6 +97,7 @@ def test_backend_keeps_the_ranking_of_a_search(int8_encoder: Encoder, encoder: E
     assert np.abs(fast - reference).max() < 0.05
 
 
+@pytest.mark.slow
 def test_backend_info_names_backend_and_precision(int8_encoder: Encoder, float_encoder: Encoder) -> None:
     assert int8_encoder.info.backend == "openvino-int8"
     assert int8_encoder.info.dtype == "int8"
@@ -100,8 +107,9 @@ def test_backend_info_names_backend_and_precision(int8_encoder: Encoder, float_e
     assert int8_encoder.info.dimension == float_encoder.info.dimension == 384
 
 
+@pytest.mark.slow
 def test_backend_handles_truncation_empty_batches_and_order(int8_encoder: Encoder, encoder: Encoder) -> None:
-    long_text = "word " * 1000
+    long_text = "The river rises in the hills and winds through farmland to the sea. " * 80
     texts = ["short", long_text, "a medium length sentence about the weather", "short"]
     result = int8_encoder.embed(texts)
     assert result.truncated == [False, True, False, False]
@@ -110,6 +118,7 @@ def test_backend_handles_truncation_empty_batches_and_order(int8_encoder: Encode
     assert int8_encoder.encode([]).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_second_load_reuses_the_cached_build(int8_encoder: Encoder, model_cache: Path) -> None:
     def snapshot() -> dict[Path, float]:
         return {path: path.stat().st_mtime_ns for path in model_cache.rglob("*") if path.is_file()}
@@ -132,6 +141,7 @@ def torch_model() -> SentenceTransformer:
     return model
 
 
+@pytest.mark.slow
 def test_load_backend_reports_the_cached_build(
     int8_encoder: Encoder, model_cache: Path, torch_model: SentenceTransformer
 ) -> None:
@@ -148,6 +158,7 @@ def test_load_backend_reports_the_cached_build(
     assert backends.model_fingerprint(changed) != fingerprint
 
 
+@pytest.mark.slow
 def test_scratch_folders_of_killed_builds_are_removed(
     int8_encoder: Encoder, model_cache: Path, torch_model: SentenceTransformer
 ) -> None:
@@ -165,6 +176,7 @@ def test_scratch_folders_of_killed_builds_are_removed(
     running.rmdir()
 
 
+@pytest.mark.slow
 def test_backend_below_the_quality_guard_is_refused(
     int8_encoder: Encoder, model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,6 +220,7 @@ def test_backend_setting_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings_from_env(backend="torch").backend == "torch"
 
 
+@pytest.mark.slow
 def test_server_with_int8_backend(int8_encoder: Encoder, backend_data_dir: Path, encoder: Encoder) -> None:
     # create_server builds its own Encoder from the settings; the int8 build is already cached in
     # this data directory's .models folder, which must not show up as an index.

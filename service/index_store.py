@@ -5,7 +5,7 @@ Layout of the data directory::
     <data_dir>/.lock                 held (flock) by the one process serving the directory
     <data_dir>/<name>/documents.sqlite3 (+ -wal, -shm)
                                      the source of truth: index settings, documents, vectors, metadata
-    <data_dir>/<name>/snapshot.json  names the current FAISS snapshot, its size and CRC-32
+    <data_dir>/<name>/snapshot.json  names the current FAISS snapshot, its size and CRC-32s
     <data_dir>/<name>/snapshot-<generation>.faiss
 
 Durability: every write is one SQLite transaction in WAL mode with synchronous=FULL, so it is on disk
@@ -20,7 +20,13 @@ missing, torn or corrupt snapshot is rebuilt from the record. Nothing is ever re
 Kinds that train (ivf_flat, ivf_pq, sq8) answer with exact search until `training_threshold`
 vectors are stored, then train on all stored vectors and switch (see `training_threshold`). HNSW
 cannot remove vectors, so deleted ones are tombstoned (excluded from every search) and the graph is
-rebuilt at snapshot time once tombstones pass HNSW_COMPACT_FRACTION of it.
+rebuilt at snapshot time once tombstones pass HNSW_COMPACT_FRACTION of it. Quantized kinds re-score
+their best candidates with the stored vectors (RERANK_FACTOR).
+
+Metadata filters run inside the search: an indexed (key, kind, value) table yields the FAISS ids that
+pass, which FAISS gets as an IDSelector. At most EXACT_FILTER_LIMIT of them are searched exactly
+instead, and an approximate search that finds fewer than k allowed hits is redone exactly over the
+allowed set, so k hits come back whenever k documents match.
 """
 
 from __future__ import annotations

@@ -30,9 +30,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument(
         "--backend",
         choices=["torch", "openvino", "openvino-int8"],
-        help="what runs the model on the CPU (VECSERVE_BACKEND; default torch): openvino or the faster "
-        "calibrated openvino-int8 are exported once into DATA_DIR/.models and checked against torch "
-        "(needs pip install 'vecserve[openvino]')",
+        help="what runs the model on the CPU (VECSERVE_BACKEND; default torch): openvino (bfloat16 where "
+        "the CPU has it, else float32) or openvino-int8 (calibrated int8, fastest on most CPUs), built "
+        "once into DATA_DIR/.models and checked against torch at start-up; needs "
+        "pip install 'vecserve[openvino]'",
     )
     parser.add_argument("--max-texts-per-request", type=int, help="VECSERVE_MAX_TEXTS_PER_REQUEST")
     parser.add_argument("--max-text-characters", type=int, help="VECSERVE_MAX_TEXT_CHARACTERS")

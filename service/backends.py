@@ -1,5 +1,9 @@
 """Faster CPU backends for the encoder: the model converted to OpenVINO, in float or calibrated int8.
 
+`openvino` runs in the precision OpenVINO picks for the CPU (bfloat16 on CPUs with AMX or
+AVX512-BF16, where it is as fast as int8; float32 elsewhere, barely faster than torch);
+`openvino-int8` runs int8 matrix products on any x86 CPU with VNNI, the fastest choice there.
+
 A backend is built offline from the loaded sentence-transformers model (no hub access): the module
 chain (transformer + pooling, without a trailing Normalize) is traced by `openvino.convert_model`,
 and for int8 quantized statically by NNCF with activation ranges calibrated on locally generated
@@ -499,8 +503,10 @@ def load_backend(name: str, model: SentenceTransformer, cache_dir: Path) -> Load
     if name == TORCH:
         raise InvalidSettings("the torch backend is the model itself: there is nothing to load")
     try:
-        import nncf  # noqa: F401
         import openvino  # noqa: F401
+
+        if name == OPENVINO_INT8:
+            import nncf  # noqa: F401
     except ImportError as error:
         raise InvalidSettings(
             f"the {name} backend needs OpenVINO and NNCF: pip install 'vecserve[openvino]' ({error})"

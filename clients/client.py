@@ -10,7 +10,14 @@ from typing import Any
 
 import grpc
 import numpy as np
-from vecserve.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
+from vecserve.v1 import (
+    analogy_pb2,
+    analogy_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
+    index_pb2,
+    index_pb2_grpc,
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -56,6 +63,7 @@ class VecserveClient:
             channel = grpc.intercept_channel(channel, _BearerToken(token))
         self.embedding = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         self.indexes = index_pb2_grpc.IndexServiceStub(channel)
+        self.analogies = analogy_pb2_grpc.AnalogyServiceStub(channel)
 
     def __enter__(self) -> VecserveClient:
         return self
@@ -224,6 +232,58 @@ class VecserveClient:
         )
         response = self.indexes.Search(request, timeout=self._deadline(timeout))
         return [list(result.hits) for result in response.results]
+
+    # AnalogyService
+
+    def solve_analogy(
+        self,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        method: str | int = "cosmul",
+        k: int = 10,
+        vocabulary_index: str = "",
+        timeout: float | None = None,
+    ) -> list[analogy_pb2.ScoredWord]:
+        """Vocabulary words near the positives and far from the negatives, best first.
+        For a:b :: c:?, positive=[b, c] and negative=[a]. method: "cosmul" or "cosadd"."""
+        request = analogy_pb2.SolveAnalogyRequest(
+            positive=list(positive),
+            negative=list(negative),
+            method=_enum_number(analogy_pb2.AnalogyMethod, "ANALOGY_METHOD_", method),
+            k=k,
+            vocabulary_index=vocabulary_index,
+        )
+        return list(self.analogies.SolveAnalogy(request, timeout=self._deadline(timeout)).answers)
+
+    def compare_relations(
+        self,
+        reference: tuple[str, str],
+        candidates: Sequence[tuple[str, str]],
+        timeout: float | None = None,
+    ) -> analogy_pb2.CompareRelationsResponse:
+        """How alike each candidate relation (c, d) is to the reference relation (a, b)."""
+        request = analogy_pb2.CompareRelationsRequest(
+            reference=analogy_pb2.WordPair(first=reference[0], second=reference[1]),
+            candidates=[analogy_pb2.WordPair(first=first, second=second) for first, second in candidates],
+        )
+        return self.analogies.CompareRelations(request, timeout=self._deadline(timeout))
+
+    def find_similar_words(
+        self, queries: Sequence[str], k: int = 10, vocabulary_index: str = "", timeout: float | None = None
+    ) -> list[list[analogy_pb2.ScoredWord]]:
+        """For each word or phrase, the nearest vocabulary words, closest first."""
+        request = analogy_pb2.FindSimilarWordsRequest(
+            queries=list(queries), k=k, vocabulary_index=vocabulary_index
+        )
+        response = self.analogies.FindSimilarWords(request, timeout=self._deadline(timeout))
+        return [list(result.words) for result in response.results]
+
+    def get_vocabulary(
+        self, words: Sequence[str] = (), vocabulary_index: str = "", timeout: float | None = None
+    ) -> analogy_pb2.GetVocabularyResponse:
+        """The vocabulary's size and, per word, whether it holds it (only those can be answers)."""
+        request = analogy_pb2.GetVocabularyRequest(words=list(words), vocabulary_index=vocabulary_index)
+        return self.analogies.GetVocabulary(request, timeout=self._deadline(timeout))
 
 
 def tls_credentials(

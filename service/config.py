@@ -15,6 +15,8 @@ from service.logging_setup import LOG_FORMATS
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = "indexes"
 DEVICES = ("auto", "cpu", "cuda")
+# About as many plain a-z words as wordfreq's English list holds.
+MAX_VOCABULARY_SIZE = 250_000
 
 
 def default_model_path() -> str:
@@ -62,6 +64,8 @@ class Settings:
     metrics_listen: str | None = None
     # Log lines as "text" (human, ending in key=value fields) or "json" (one object per line).
     log_format: str = "text"
+    # Most frequent English words forming the built-in analogy vocabulary (see service/vocabulary.py).
+    vocabulary_size: int = 30_000
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -90,6 +94,10 @@ class Settings:
         if not 0 <= self.max_batch_wait_ms <= 1000:
             raise InvalidSettings(
                 f"max_batch_wait_ms must be between 0 and 1000, got {self.max_batch_wait_ms}"
+            )
+        if not 1 <= self.vocabulary_size <= MAX_VOCABULARY_SIZE:
+            raise InvalidSettings(
+                f"vocabulary_size must be between 1 and {MAX_VOCABULARY_SIZE}, got {self.vocabulary_size}"
             )
         if self.shutdown_grace_seconds < 0:
             raise InvalidSettings("shutdown_grace_seconds must not be negative")

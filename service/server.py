@@ -12,8 +12,16 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from vecserve.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
+from vecserve.v1 import (
+    analogy_pb2,
+    analogy_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
+    index_pb2,
+    index_pb2_grpc,
+)
 
+from service.analogy import AnalogyEngine
 from service.auth import AuthInterceptor, load_tokens
 from service.config import Settings
 from service.encoder import Encoder
@@ -22,9 +30,11 @@ from service.index_store import IndexStore
 from service.interceptors import ObservingInterceptor
 from service.logging_setup import configure_logging
 from service.metrics import MetricsHttpServer, ServerMetrics
+from service.servicers.analogy import AnalogyServicer
 from service.servicers.embedding import EmbeddingServicer
 from service.servicers.index import IndexServicer
 from service.tls import server_credentials
+from service.vocabulary import DefaultVocabulary, model_key
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,8 @@ class RunningServer:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     # Port of the /metrics HTTP endpoint, when one was asked for.
     metrics_port: int | None = None
+    # The built-in analogy vocabulary, built on first use or by calling its start().
+    vocabulary: DefaultVocabulary | None = None
 
     def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets in-flight calls finish within grace seconds, then closes the core."""
@@ -101,6 +113,17 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         IndexServicer(store, max_response_bytes=settings.max_message_bytes), server
     )
     service_names.append(_service_name(index_pb2, "IndexService"))
+    info = encoder.info
+    vocabulary = DefaultVocabulary(
+        encoder,
+        settings.data_dir,
+        model_key(info.model_name, info.dimension, info.dtype, info.backend),
+        settings.vocabulary_size,
+        info.dimension,
+    )
+    engine = AnalogyEngine(encoder, vocabulary, index_vocabulary=store.texts_and_vectors)
+    analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(engine), server)
+    service_names.append(_service_name(analogy_pb2, "AnalogyService"))
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -115,7 +138,12 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         port = server.add_insecure_port(settings.listen)
     server.start()
     running = RunningServer(
-        server=server, port=port, health=health_servicer, closers=closers, metrics=metrics
+        server=server,
+        port=port,
+        health=health_servicer,
+        closers=closers,
+        metrics=metrics,
+        vocabulary=vocabulary,
     )
     if settings.metrics_listen is not None:
         try:
@@ -147,6 +175,8 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     running = create_server(settings)
+    if running.vocabulary is not None:  # loads or embeds it in the background, so first calls are fast
+        running.vocabulary.start()
     stop_requested.wait()
     running.stop(settings.shutdown_grace_seconds)
     log.info("stopped")

@@ -103,3 +103,19 @@ class FindSimilarWordsResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SimilarWords]
     def __init__(self, results: _Optional[_Iterable[_Union[SimilarWords, _Mapping]]] = ...) -> None: ...
+
+class GetVocabularyRequest(_message.Message):
+    __slots__ = ("vocabulary_index", "words")
+    VOCABULARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    vocabulary_index: str
+    words: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vocabulary_index: _Optional[str] = ..., words: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetVocabularyResponse(_message.Message):
+    __slots__ = ("word_count", "contains")
+    WORD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    word_count: int
+    contains: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, word_count: _Optional[int] = ..., contains: _Optional[_Iterable[bool]] = ...) -> None: ...

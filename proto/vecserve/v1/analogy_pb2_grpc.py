@@ -50,6 +50,11 @@ class AnalogyServiceStub:
                 request_serializer=vecserve_dot_v1_dot_analogy__pb2.FindSimilarWordsRequest.SerializeToString,
                 response_deserializer=vecserve_dot_v1_dot_analogy__pb2.FindSimilarWordsResponse.FromString,
                 _registered_method=True)
+        self.GetVocabulary = channel.unary_unary(
+                '/vecserve.v1.AnalogyService/GetVocabulary',
+                request_serializer=vecserve_dot_v1_dot_analogy__pb2.GetVocabularyRequest.SerializeToString,
+                response_deserializer=vecserve_dot_v1_dot_analogy__pb2.GetVocabularyResponse.FromString,
+                _registered_method=True)
 
 
 class AnalogyServiceServicer:
@@ -77,6 +82,13 @@ class AnalogyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVocabulary(self, request, context):
+        """Describes a vocabulary and tells which words it holds (only those can be answers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalogyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_AnalogyServiceServicer_to_server(servicer, server):
                     servicer.FindSimilarWords,
                     request_deserializer=vecserve_dot_v1_dot_analogy__pb2.FindSimilarWordsRequest.FromString,
                     response_serializer=vecserve_dot_v1_dot_analogy__pb2.FindSimilarWordsResponse.SerializeToString,
+            ),
+            'GetVocabulary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVocabulary,
+                    request_deserializer=vecserve_dot_v1_dot_analogy__pb2.GetVocabularyRequest.FromString,
+                    response_serializer=vecserve_dot_v1_dot_analogy__pb2.GetVocabularyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class AnalogyService:
             '/vecserve.v1.AnalogyService/FindSimilarWords',
             vecserve_dot_v1_dot_analogy__pb2.FindSimilarWordsRequest.SerializeToString,
             vecserve_dot_v1_dot_analogy__pb2.FindSimilarWordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVocabulary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vecserve.v1.AnalogyService/GetVocabulary',
+            vecserve_dot_v1_dot_analogy__pb2.GetVocabularyRequest.SerializeToString,
+            vecserve_dot_v1_dot_analogy__pb2.GetVocabularyResponse.FromString,
             options,
             channel_credentials,
             insecure,

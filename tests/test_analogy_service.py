@@ -1,0 +1,195 @@
+"""AnalogyService through the real server and client, with the real model and a small vocabulary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from vecserve.v1 import analogy_pb2
+
+from clients import VecserveClient
+from service.config import Settings
+from service.encoder import Encoder
+from service.server import RunningServer, create_server
+
+# Enough of the most frequent English words for the classic analogies below.
+VOCABULARY_SIZE = 5000
+
+
+def analogy_settings(data_dir: Path) -> Settings:
+    return Settings(listen="127.0.0.1:0", data_dir=data_dir, vocabulary_size=VOCABULARY_SIZE)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Shared by the analogy test modules, so the vocabulary is embedded once per test session.
+    path = tmp_path_factory.getbasetemp() / "analogy-data"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def analogy_server(encoder: Encoder, data_dir: Path) -> Iterator[RunningServer]:
+    running = create_server(analogy_settings(data_dir), encoder=encoder)
+    yield running
+    running.stop(grace=5)
+
+
+@pytest.fixture
+def analogies(analogy_server: RunningServer) -> Iterator[VecserveClient]:
+    with VecserveClient(f"127.0.0.1:{analogy_server.port}", timeout=300) as connected:
+        yield connected
+
+
+# a:b :: c:d that the default setup answers right (top answer) with its most frequent 5,000 words.
+CLASSIC_ANALOGIES = [
+    ("man", "king", "woman", "queen"),
+    ("japan", "japanese", "china", "chinese"),
+    ("big", "bigger", "small", "smaller"),
+    ("good", "better", "bad", "worse"),
+    ("germany", "german", "france", "french"),
+    ("slow", "slowly", "quick", "quickly"),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "c", "d"), CLASSIC_ANALOGIES)
+def test_classic_analogies_are_answered(analogies: VecserveClient, a: str, b: str, c: str, d: str) -> None:
+    answers = analogies.solve_analogy([b, c], [a], k=5)
+    assert answers[0].word == d, [w.word for w in answers]
+    assert not {a, b, c} & {w.word for w in answers}
+    assert [w.score for w in answers] == sorted((w.score for w in answers), reverse=True)
+
+
+def test_both_methods_and_the_method_echo(analogies: VecserveClient) -> None:
+    for number in (analogy_pb2.ANALOGY_METHOD_COSADD, analogy_pb2.ANALOGY_METHOD_COSMUL):
+        request = analogy_pb2.SolveAnalogyRequest(
+            positive=["king", "Woman"], negative=["MAN"], method=number, k=3
+        )
+        response = analogies.analogies.SolveAnalogy(request, timeout=300)
+        assert response.method == number
+        assert "queen" in [w.word for w in response.answers]
+    default = analogies.analogies.SolveAnalogy(
+        analogy_pb2.SolveAnalogyRequest(positive=["ocean"]), timeout=300
+    )
+    assert default.method == analogy_pb2.ANALOGY_METHOD_COSMUL
+    assert len(default.answers) == 10  # k = 0 means 10
+
+
+def test_query_words_never_come_back_in_any_case(analogies: VecserveClient) -> None:
+    answers = analogies.solve_analogy(["King", " QUEEN "], ["man"], k=50)
+    assert not {"king", "queen", "man"} & {w.word for w in answers}
+
+
+def test_relation_similarity_ranks_the_matching_relation_first(analogies: VecserveClient) -> None:
+    response = analogies.compare_relations(
+        ("man", "woman"), [("apple", "car"), ("king", "queen"), ("table", "river")]
+    )
+    by_pair = {(c.candidate.first, c.candidate.second): c for c in response.comparisons}
+    matching = by_pair[("king", "queen")].offset_similarity
+    assert matching > by_pair[("apple", "car")].offset_similarity
+    assert matching > by_pair[("table", "river")].offset_similarity
+    assert [c.candidate.first for c in response.comparisons] == ["apple", "king", "table"]  # request order
+    assert 0 < response.reference_pair_similarity < 1
+
+
+def test_similar_words(analogies: VecserveClient) -> None:
+    [ocean, phrase] = analogies.find_similar_words(["Ocean", "a large sea animal"], k=5)
+    assert "sea" in [w.word for w in ocean]
+    assert "ocean" not in [w.word for w in ocean]
+    assert len(phrase) == 5
+    assert [w.score for w in ocean] == sorted((w.score for w in ocean), reverse=True)
+
+
+def test_vocabulary_lookup(analogies: VecserveClient) -> None:
+    response = analogies.get_vocabulary(["Queen", "the", "zyzzyvas"])
+    assert response.word_count == VOCABULARY_SIZE
+    assert list(response.contains) == [True, True, False]
+
+
+def test_the_vocabulary_is_reused_after_a_restart(encoder: Encoder, tmp_path: Path) -> None:
+    settings = analogy_settings(tmp_path).replace(vocabulary_size=500)
+    answers = []
+    for run in ("first", "restarted"):
+        running = create_server(settings, encoder=encoder)
+        try:
+            with VecserveClient(f"127.0.0.1:{running.port}", timeout=300) as client:
+                answers.append([w.word for w in client.solve_analogy(["king", "woman"], ["man"], k=5)])
+            assert running.vocabulary is not None
+            # Built (500 words embedded) on the first run; loaded from the data directory after.
+            assert running.vocabulary.words_embedded == (500 if run == "first" else 0)
+        finally:
+            running.stop(grace=5)
+    assert answers[0] == answers[1]
+
+
+def test_a_users_index_serves_as_the_vocabulary(analogies: VecserveClient) -> None:
+    analogies.create_index("fruit-and-royals")
+    try:
+        words = ["queen", "princess", "banana", "apple", "car", "king"]
+        analogies.upsert("fruit-and-royals", [{"id": w, "text": w} for w in words])
+        answers = analogies.solve_analogy(
+            ["king", "woman"], ["man"], k=3, vocabulary_index="fruit-and-royals"
+        )
+        assert answers[0].word == "queen"
+        assert "king" not in [w.word for w in answers]
+        [similar] = analogies.find_similar_words(["mango"], k=2, vocabulary_index="fruit-and-royals")
+        assert {w.word for w in similar} == {"banana", "apple"}
+        lookup = analogies.get_vocabulary(["banana", "pear"], vocabulary_index="fruit-and-royals")
+        assert lookup.word_count == len(words) and list(lookup.contains) == [True, False]
+    finally:
+        analogies.delete_index("fruit-and-royals")
+
+
+def _field_violations(error: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    fields = []
+    for detail in status.details if status else []:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            fields += [v.field for v in bad_request.field_violations]
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c.solve_analogy([], ["man"]), "positive"),
+        (lambda c: c.solve_analogy(["king", ""], ["man"]), "positive[1]"),
+        (lambda c: c.solve_analogy(["king"], ["  "]), "negative[0]"),
+        (lambda c: c.solve_analogy(["\U0001f600"], []), "positive[0]"),
+        (lambda c: c.solve_analogy(["king"], [], k=1001), "k"),
+        (lambda c: c.find_similar_words(["ocean"], k=5000), "k"),
+        (lambda c: c.find_similar_words([]), "queries"),
+        (lambda c: c.compare_relations(("man", "woman"), []), "candidates"),
+        (lambda c: c.compare_relations(("man", "\u200b"), [("a", "b")]), "reference.second"),
+        (lambda c: c.solve_analogy(["king"], [], method=7), "method"),
+    ],
+)
+def test_bad_inputs_are_invalid_argument(analogies: VecserveClient, call, field: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as raised:
+        call(analogies)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details()
+    assert _field_violations(raised.value) == [field]
+
+
+def test_missing_reference_is_invalid_argument(analogies: VecserveClient) -> None:
+    request = analogy_pb2.CompareRelationsRequest(candidates=[analogy_pb2.WordPair(first="a", second="b")])
+    with pytest.raises(grpc.RpcError) as raised:
+        analogies.analogies.CompareRelations(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_vocabulary_index_is_not_found(analogies: VecserveClient) -> None:
+    for call in (
+        lambda: analogies.solve_analogy(["king"], [], vocabulary_index="no-such-index"),
+        lambda: analogies.find_similar_words(["king"], vocabulary_index="no-such-index"),
+    ):
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no-such-index" in raised.value.details()

@@ -1,0 +1,226 @@
+"""`vecserve analogy|relate|similar|plot|eval` against a real server with the real model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from clients.cli import main
+from clients.commands.analogy import parse_plot_words, read_similarity_pairs, spearman
+from service.config import Settings
+from service.encoder import Encoder
+from service.server import RunningServer, create_server
+
+
+@pytest.fixture(scope="module")
+def address(encoder: Encoder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # The same data directory and size as test_analogy_service, so the vocabulary is embedded once.
+    data_dir = tmp_path_factory.getbasetemp() / "analogy-data"
+    data_dir.mkdir(exist_ok=True)
+    running: RunningServer = create_server(
+        Settings(listen="127.0.0.1:0", data_dir=data_dir, vocabulary_size=5000), encoder=encoder
+    )
+    yield f"127.0.0.1:{running.port}"
+    running.stop(grace=5)
+
+
+def run(capsys: pytest.CaptureFixture[str], address: str, *args: str) -> tuple[int, str, str]:
+    code = main(["--address", address, "--timeout", "300", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_analogy_prints_ranked_answers(capsys: pytest.CaptureFixture[str], address: str) -> None:
+    code, out, _ = run(capsys, address, "analogy", "man", "king", "woman", "-k", "3")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("man is to king as woman is to ?")
+    assert lines[1].split()[:2] == ["1.", "queen"]
+    assert len(lines) == 4
+
+
+def test_analogy_json_and_general_form(capsys: pytest.CaptureFixture[str], address: str) -> None:
+    code, out, _ = run(
+        capsys,
+        address,
+        "analogy",
+        "--positive",
+        "king",
+        "woman",
+        "--negative",
+        "man",
+        "--json",
+        "--method",
+        "cosadd",
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["method"] == "cosadd" and result["negative"] == ["man"]
+    assert len(result["answers"]) == 10
+    assert "queen" in [a["word"] for a in result["answers"][:3]]
+
+
+def test_analogy_usage_errors(capsys: pytest.CaptureFixture[str], address: str) -> None:
+    assert run(capsys, address, "analogy", "man", "king")[0] == 2
+    assert run(capsys, address, "analogy", "man", "king", "woman", "--positive", "x")[0] == 2
+    code, _, err = run(capsys, address, "analogy", "man", "king", "woman", "-k", "5000")
+    assert code == 1 and "INVALID_ARGUMENT" in err
+
+
+def test_relate_ranks_candidates(capsys: pytest.CaptureFixture[str], address: str) -> None:
+    code, out, _ = run(capsys, address, "relate", "man", "woman", "apple", "car", "king", "queen")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.strip().startswith("1 ")]
+    assert "king -> queen" in rows[0]
+    code, out, _ = run(
+        capsys, address, "relate", "dugong", "manatee", "hammerhead shark", "great hammerhead shark", "--json"
+    )
+    result = json.loads(out)
+    assert result["comparisons"][0]["second"] == "great hammerhead shark"
+    assert set(result["comparisons"][0]) == {"first", "second", "offset_similarity", "pair_similarity"}
+    assert run(capsys, address, "relate", "a", "b", "c")[0] == 2
+
+
+def test_similar(capsys: pytest.CaptureFixture[str], address: str) -> None:
+    code, out, _ = run(capsys, address, "similar", "ocean", "-k", "4", "--json")
+    assert code == 0
+    [result] = json.loads(out)
+    assert result["query"] == "ocean" and len(result["words"]) == 4
+    assert "sea" in [w["word"] for w in result["words"]]
+
+
+def test_plot_writes_a_readable_png(capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image
+
+    out = tmp_path / "plots" / "royals.png"
+    code, printed, _ = run(
+        capsys,
+        address,
+        "plot",
+        "man->king",
+        "woman->queen",
+        "boy",
+        "girl",
+        "--pairs",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(out)
+    assert image.ndim == 3 and image.shape[0] > 400 and image.shape[1] > 400
+    assert image.std() > 0.01  # not a blank canvas
+    result = json.loads(printed)
+    assert [w["word"] for w in result["words"]] == ["man", "king", "woman", "queen", "boy", "girl"]
+    assert result["arrows"] == [["man", "king"], ["woman", "queen"], ["boy", "girl"]]
+
+
+def test_plot_argument_errors() -> None:
+    assert parse_plot_words(["a", "b->c", "a"], pairs=False) == (["a", "b", "c"], [("b", "c")])
+    for bad in (["->x"], ["a->"], ["a->b->c"]):
+        with pytest.raises(ValueError):
+            parse_plot_words(bad, pairs=False)
+    with pytest.raises(ValueError):
+        parse_plot_words(["a", "b", "c"], pairs=True)
+
+
+QUESTIONS = """\
+: family
+man king woman queen
+boy girl brother sister
+: gram3-comparative
+big bigger small smaller
+good better bad worse
+: unanswerable
+man king woman zyzzyvas
+"""
+
+
+def test_eval_analogies(capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text(QUESTIONS)
+    code, out, _ = run(capsys, address, "eval", "analogies", str(questions), "--json", "--workers", "3")
+    assert code == 0
+    report = json.loads(out)
+    assert report["method"] == "cosmul" and report["vocabulary_words"] == 5000
+    assert list(report["sections"]) == ["family", "gram3-comparative", "unanswerable"]
+    assert report["sections"]["gram3-comparative"]["accuracy"] == 1.0
+    assert report["sections"]["unanswerable"] == {
+        "questions": 1,
+        "correct": 0,
+        "accuracy": 0.0,
+        "coverage": 0.0,  # the answer is not in the vocabulary
+        "refused": 0,
+    }
+    total = report["total"]
+    assert total["questions"] == 5 and total["coverage"] == 0.8
+    assert total["correct"] == report["sections"]["family"]["correct"] + 2
+    assert total["accuracy"] == pytest.approx(total["correct"] / 5)
+
+    code, out, _ = run(capsys, address, "eval", "analogies", str(questions), "--method", "cosadd")
+    assert code == 0
+    assert "method cosadd" in out.splitlines()[0]
+    assert out.splitlines()[-1].split()[0] == "total"
+
+
+def test_eval_analogies_counts_refused_questions_as_wrong(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path
+) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text(": odd\nman king \U0001f600 queen\nman king woman queen\n")
+    code, out, _ = run(capsys, address, "eval", "analogies", str(questions), "--json")
+    assert code == 0
+    total = json.loads(out)["total"]
+    assert total == {"questions": 2, "correct": 1, "accuracy": 0.5, "coverage": 0.5, "refused": 1}
+
+
+PAIRS = """\
+# Word 1\tWord 2\tHuman (mean)
+tiger\tcat\t7.35
+king\tqueen\t8.58
+car\tautomobile\t8.94
+noon\tstring\t0.54
+professor\tcucumber\t0.31
+ocean\tsea\t8.70
+"""
+
+
+def test_eval_similarity(capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(PAIRS)
+    code, out, _ = run(capsys, address, "eval", "similarity", str(pairs), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["pairs"] == 6
+    assert report["spearman"] > 0.5  # unrelated pairs score lowest
+
+
+def test_similarity_file_formats(tmp_path: Path) -> None:
+    simlex = tmp_path / "SimLex-999.txt"
+    simlex.write_text(
+        "word1\tword2\tPOS\tSimLex999\tconc(w1)\nold\tnew\tA\t1.58\t2.72\nsmart\tintelligent\tA\t9.2\t1.75\n"
+    )
+    assert [(p.first, p.second, p.gold) for p in read_similarity_pairs(simlex)] == [
+        ("old", "new", 1.58),
+        ("smart", "intelligent", 9.2),
+    ]
+    csv = tmp_path / "wordsim.csv"
+    csv.write_text("Word 1,Word 2,Human (mean)\nlove,sex,6.77\n")
+    assert [(p.first, p.gold) for p in read_similarity_pairs(csv)] == [("love", 6.77)]
+
+
+def test_spearman_matches_scipy() -> None:
+    generator = np.random.default_rng(7)
+    for _ in range(5):
+        left = generator.integers(0, 5, size=40).astype(float)  # many ties
+        right = left + generator.normal(0, 2, size=40)
+        assert spearman(left, right) == pytest.approx(spearmanr(left, right).correlation, abs=1e-12)

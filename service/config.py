@@ -49,6 +49,8 @@ class Settings:
     max_batch_tokens: int = 16384
     max_batch_wait_ms: float = 2.0
     max_queued_texts: int = 8192
+    # Concurrent searches of one index with the same k and filter run as one FAISS call.
+    search_batching: bool = True
     # Documents per upsert or delete call (and per streamed message).
     max_documents_per_request: int = 1024
     # Changes to an index after which its search structure is snapshotted to disk (and on close).

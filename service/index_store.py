@@ -57,6 +57,7 @@ import faiss
 import numpy as np
 
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from service.search_batching import SearchCoalescer
 
 log = logging.getLogger(__name__)
 
@@ -1126,8 +1127,11 @@ class IndexStore:
         max_text_characters: int = 100_000,
         max_texts_per_encode: int = 1024,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        search_batching: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # Concurrent searches of one index with the same k and filter share one FAISS call.
+        self._coalescer = SearchCoalescer() if search_batching else None
         # The encoder takes at most this many texts per call (its batching queue is sized for it).
         self.max_texts_per_encode = max_texts_per_encode
         self._encoder = encoder
@@ -1371,7 +1375,15 @@ class IndexStore:
                     )
                 excluded[position] = row[0]
                 query_vectors[position] = np.frombuffer(row[1], dtype=np.float32)
-            ranked = index.search(query_vectors, k, conditions, excluded)
+            if self._coalescer is None:
+                ranked = index.search(query_vectors, k, conditions, excluded)
+            else:
+                ranked = self._coalescer.search(
+                    (id(index), k, repr(conditions)),
+                    query_vectors,
+                    excluded,
+                    lambda batch, batch_excluded: index.search(batch, k, conditions, batch_excluded),
+                )
             documents = index.documents_by_faiss_id(
                 sorted({faiss_id for hits in ranked for faiss_id, _ in hits}), include_vectors
             )

@@ -105,6 +105,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         max_text_characters=settings.max_text_characters,
         max_texts_per_encode=settings.max_texts_per_request,
         snapshot_every=settings.index_snapshot_every,
+        search_batching=settings.search_batching,
     )
     closers.append(store.close)
     metrics.watch_encoder(encoder)

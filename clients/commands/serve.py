@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "(VECSERVE_DYNAMIC_BATCHING=false)",
     )
     parser.add_argument(
+        "--no-search-batching",
+        dest="search_batching",
+        action="store_const",
+        const=False,
+        help="run each Search call on its own instead of merging concurrent ones "
+        "(VECSERVE_SEARCH_BATCHING=false)",
+    )
+    parser.add_argument(
         "--max-batch-tokens", type=int, help="padded tokens per model batch (VECSERVE_MAX_BATCH_TOKENS)"
     )
     parser.add_argument(
@@ -105,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             max_message_bytes=args.max_message_bytes,
             worker_threads=args.worker_threads,
             dynamic_batching=args.dynamic_batching,
+            search_batching=args.search_batching,
             max_batch_tokens=args.max_batch_tokens,
             max_batch_wait_ms=args.max_batch_wait_ms,
             max_queued_texts=args.max_queued_texts,

@@ -1,0 +1,110 @@
+"""Concurrent raw-vector searches (aim 5 of the throughput work): 32 clients, one query per call,
+against a flat index, with search batching on and off, vs one batched in-process FAISS search."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from benchmarks.common import Report, percentile
+from clients import VecserveClient
+from service.index_store import Document, IndexKind, IndexStore
+from tests.server_process import ServerProcess
+
+DIMENSION = 384
+CLIENTS = 32
+
+
+def unit_rows(count: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((count, DIMENSION)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def build_data_dir(path: Path, vectors: np.ndarray) -> None:
+    store = IndexStore(path)
+    try:
+        store.create_index("bench", dimension=DIMENSION, kind=IndexKind.FLAT)
+        for start in range(0, len(vectors), 1000):
+            chunk = vectors[start : start + 1000]
+            store.upsert("bench", [Document(id=f"d{start + i}", vector=v) for i, v in enumerate(chunk)])
+    finally:
+        store.close()
+
+
+def concurrent_queries(address: str, queries: np.ndarray) -> tuple[float, float, float]:
+    """queries/s, p50 and p99 latency (ms) of CLIENTS threads sending one query per call."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    connections = [VecserveClient(address, timeout=600) for _ in range(CLIENTS)]
+    try:
+        for connection in connections:
+            connection.search("bench", [queries[0]], k=10)
+
+        def worker(index: int) -> None:
+            mine = []
+            for query in queries[index::CLIENTS]:
+                began = time.perf_counter()
+                connections[index].search("bench", [query], k=10)
+                mine.append(time.perf_counter() - began)
+            with lock:
+                latencies.extend(mine)
+
+        began = time.perf_counter()
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            list(pool.map(worker, range(CLIENTS)))
+        elapsed = time.perf_counter() - began
+    finally:
+        for connection in connections:
+            connection.close()
+    return len(queries) / elapsed, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+
+
+def run(report: Report) -> None:
+    size = report.pick(tiny=5_000, quick=100_000, full=100_000)
+    query_count = report.pick(tiny=256, quick=1_024, full=4_096)
+    vectors, queries = unit_rows(size, 1), unit_rows(query_count, 2)
+    exact = faiss.IndexFlatIP(DIMENSION)
+    exact.add(vectors)
+    exact.search(queries[:32], 10)  # warm-up
+    began = time.perf_counter()
+    exact.search(queries, 10)
+    in_process = query_count / (time.perf_counter() - began)
+    with tempfile.TemporaryDirectory() as scratch:
+        on_dir, off_dir = Path(scratch) / "on", Path(scratch) / "off"
+        build_data_dir(on_dir, vectors)
+        shutil.copytree(on_dir, off_dir)
+        batched = ServerProcess(on_dir).start()
+        plain = ServerProcess(off_dir, "--no-search-batching").start()
+        try:
+            on_rate, on_p50, on_p99 = concurrent_queries(batched.address, queries)
+            off_rate, off_p50, off_p99 = concurrent_queries(plain.address, queries)
+        finally:
+            batched.stop()
+            plain.stop()
+    section = "search-32"
+    report.add(
+        section, f"in-process FAISS flat, one batched call ({size:,} x {DIMENSION})", in_process, "queries/s"
+    )
+    report.add(
+        section,
+        f"{CLIENTS} clients x 1 query/call, search batching",
+        on_rate,
+        "queries/s",
+        f"p50 {on_p50:.1f} ms, p99 {on_p99:.1f} ms",
+    )
+    report.add(
+        section,
+        f"{CLIENTS} clients x 1 query/call, batching off",
+        off_rate,
+        "queries/s",
+        f"p50 {off_p50:.1f} ms, p99 {off_p99:.1f} ms",
+    )
+    report.add(section, "batching on / in-process batched", on_rate / in_process, "ratio", "aim >= 0.5")
+    report.add(section, "batching on / off", on_rate / off_rate, "ratio")

@@ -12,7 +12,9 @@ the same word, so that a query word is never returned as its own answer in anoth
 from __future__ import annotations
 
 import enum
+import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,6 +41,8 @@ WORD_TEMPLATE = '"{}"'
 # Document texts of an index are matched as they were embedded: bare.
 TEXT_TEMPLATE = "{}"
 MAX_LOOKUP_WORDS = 100_000
+# Word vectors kept for reuse (about 1.5 KiB each with 384 dimensions): queries repeat words a lot.
+WORD_CACHE_ENTRIES = 20_000
 
 
 class AnalogyMethod(enum.Enum):
@@ -257,6 +261,9 @@ class AnalogyEngine:
         self._default_vocabulary = default_vocabulary
         self._index_vocabulary = index_vocabulary
         self._max_words = max_words_per_request
+        # (template, normalized word) -> unit vector, least recently used first; holds checked words only.
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # Inputs
 
@@ -288,10 +295,18 @@ class AnalogyEngine:
             if not form:
                 raise InvalidArgument(f"{where} is empty or only whitespace: give a word or phrase", where)
             normalized.append(form)
-        if normalized:
-            for position, tokenized in enumerate(
-                self._encoder.tokenize(normalized, add_special_tokens=False)
-            ):
+        with self._cache_lock:
+            # A cached word was checked when it was first embedded.
+            unchecked = [
+                position
+                for position, form in enumerate(normalized)
+                if (WORD_TEMPLATE, form) not in self._cache and (TEXT_TEMPLATE, form) not in self._cache
+            ]
+        if unchecked:
+            tokenized_words = self._encoder.tokenize(
+                [normalized[p] for p in unchecked], add_special_tokens=False
+            )
+            for position, tokenized in zip(unchecked, tokenized_words, strict=True):
                 if not any(token.text not in _UNKNOWN_TOKENS for token in tokenized.tokens):
                     where = names[position]
                     raise InvalidArgument(
@@ -314,11 +329,24 @@ class AnalogyEngine:
         return Vocabulary.from_vectors(texts, vectors, template=TEXT_TEMPLATE)
 
     def _embed(self, normalized_words: Sequence[str], template: str = WORD_TEMPLATE) -> np.ndarray:
-        """Encoder vectors of normalized words written with template (unique words embedded once)."""
-        unique = list(dict.fromkeys(normalized_words))
-        vectors = self._encoder.encode([template.format(word) for word in unique], normalize=True)
-        row_of = {word: row for row, word in enumerate(unique)}
-        return vectors[[row_of[word] for word in normalized_words]]
+        """Encoder vectors of checked, normalized words written with template (each embedded once)."""
+        found: dict[str, np.ndarray] = {}
+        with self._cache_lock:
+            for word in normalized_words:
+                vector = self._cache.get((template, word))
+                if vector is not None:
+                    self._cache.move_to_end((template, word))
+                    found[word] = vector
+        missing = [word for word in dict.fromkeys(normalized_words) if word not in found]
+        if missing:
+            vectors = self._encoder.encode([template.format(word) for word in missing], normalize=True)
+            with self._cache_lock:
+                for word, vector in zip(missing, vectors, strict=True):
+                    found[word] = vector
+                    self._cache[(template, word)] = vector
+                while len(self._cache) > WORD_CACHE_ENTRIES:
+                    self._cache.popitem(last=False)
+        return np.stack([found[word] for word in normalized_words])
 
     # Operations
 

@@ -40,7 +40,11 @@ HAND_BUILT = {
 class HandBuiltEncoder:
     """Maps each known word (as the engine writes it) to its hand-built vector."""
 
+    def __init__(self) -> None:
+        self.encoded: list[str] = []
+
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+        self.encoded += texts
         vectors = np.array([HAND_BUILT[text.strip('"')] for text in texts], dtype=np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if normalize else vectors
 
@@ -111,6 +115,18 @@ def test_positive_and_negative_lists_in_general_form(hand_engine: AnalogyEngine)
     assert (
         hand_engine.solve_analogy(["prince"], ["man", "king"], AnalogyMethod.COSADD, k=1)[0].word == "apple"
     )
+
+
+def test_query_words_are_embedded_once_and_then_reused() -> None:
+    vocabulary = Vocabulary.from_vectors(list(HAND_BUILT), np.array(list(HAND_BUILT.values())))
+    encoder = HandBuiltEncoder()
+    engine = AnalogyEngine(encoder, lambda _timeout: vocabulary)
+    first = engine.solve_analogy(["king", "woman"], ["man"], k=3)
+    assert sorted(encoder.encoded) == ['"king"', '"man"', '"woman"']
+    again = engine.solve_analogy(["King", "woman"], ["man", "apple"], k=3)
+    assert sorted(encoder.encoded) == ['"apple"', '"king"', '"man"', '"woman"']
+    assert [a.word for a in first] == [a.word for a in engine.solve_analogy(["king", "woman"], ["man"], k=3)]
+    assert "apple" not in [a.word for a in again]
 
 
 def test_top_k_orders_ties_by_row_and_skips_excluded_rows() -> None:

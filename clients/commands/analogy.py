@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -430,6 +431,48 @@ def _ask(
     return answers[0].word if answers else None
 
 
+def evaluate_analogies(
+    client: VecserveClient,
+    questions: Sequence[AnalogyQuestion],
+    method: str = "cosmul",
+    vocabulary_index: str = "",
+    workers: int = EVAL_WORKERS,
+) -> dict[str, Any]:
+    """Asks the service every question (concurrently) and scores the top answers per section."""
+    expected = list(dict.fromkeys(q.words[3] for q in questions))
+    vocabulary = client.get_vocabulary(expected, vocabulary_index=vocabulary_index)
+    in_vocabulary = dict(zip(expected, vocabulary.contains, strict=True))
+    progress = _Progress(len(questions))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        answers = list(pool.map(lambda q: _ask(client, q, method, vocabulary_index, progress), questions))
+    sections: dict[str, SectionScore] = {}
+    overall = SectionScore()
+    for question, answer in zip(questions, answers, strict=True):
+        # Answers and gold words compare as the service compares words: case-insensitively.
+        correct = answer is not None and answer.lower() == question.words[3].lower()
+        covered = answer is not None and in_vocabulary[question.words[3]]
+        for score in (sections.setdefault(question.section, SectionScore()), overall):
+            score.add(correct, covered, answer is None)
+    return {
+        "method": method,
+        "vocabulary": vocabulary_index or "built-in",
+        "vocabulary_words": vocabulary.word_count,
+        "sections": {name: score.as_dict() for name, score in sections.items()},
+        "total": overall.as_dict(),
+    }
+
+
+def print_analogy_report(report: dict[str, Any]) -> None:
+    sections = report["sections"]
+    width = max(len(name) for name in [*sections, "total"])
+    print(f"{'section':<{width}}  {'questions':>9}  {'correct':>7}  {'accuracy':>8}  {'coverage':>8}")
+    for name, row in [*sections.items(), ("total", report["total"])]:
+        print(
+            f"{name:<{width}}  {row['questions']:>9}  {row['correct']:>7}  {row['accuracy']:>8.1%}  "
+            f"{row['coverage']:>8.1%}"
+        )
+
+
 def run_eval_analogies(args: argparse.Namespace) -> int:
     try:
         questions = read_analogy_questions(args.file)
@@ -442,45 +485,15 @@ def run_eval_analogies(args: argparse.Namespace) -> int:
         print(f"error: {args.file} holds no questions", file=sys.stderr)
         return 2
     with connect(args) as client:
-        expected = list(dict.fromkeys(q.words[3] for q in questions))
-        vocabulary = client.get_vocabulary(expected, vocabulary_index=args.vocabulary_index)
-        in_vocabulary = dict(zip(expected, vocabulary.contains, strict=True))
-        progress = _Progress(len(questions))
-        with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
-            answers = list(
-                pool.map(lambda q: _ask(client, q, args.method, args.vocabulary_index, progress), questions)
-            )
-    sections: dict[str, SectionScore] = {}
-    overall = SectionScore()
-    for question, answer in zip(questions, answers, strict=True):
-        # Answers and gold words compare as the service compares words: case-insensitively.
-        correct = answer is not None and answer.lower() == question.words[3].lower()
-        covered = answer is not None and in_vocabulary[question.words[3]]
-        for score in (sections.setdefault(question.section, SectionScore()), overall):
-            score.add(correct, covered, answer is None)
-    report = {
-        "file": str(args.file),
-        "method": args.method,
-        "vocabulary": args.vocabulary_index or "built-in",
-        "vocabulary_words": vocabulary.word_count,
-        "sections": {name: score.as_dict() for name, score in sections.items()},
-        "total": overall.as_dict(),
-    }
+        report = evaluate_analogies(client, questions, args.method, args.vocabulary_index, args.workers)
     if args.json:
-        print_json(report)
+        print_json({"file": str(args.file), **report})
         return 0
     print(
         f"{args.file}: method {args.method}, vocabulary {report['vocabulary']} "
-        f"({vocabulary.word_count:,} words)"
+        f"({report['vocabulary_words']:,} words)"
     )
-    width = max(len(name) for name in [*sections, "total"])
-    print(f"{'section':<{width}}  {'questions':>9}  {'correct':>7}  {'accuracy':>8}  {'coverage':>8}")
-    for name, score in [*sections.items(), ("total", overall)]:
-        row = score.as_dict()
-        print(
-            f"{name:<{width}}  {row['questions']:>9}  {row['correct']:>7}  {row['accuracy']:>8.1%}  "
-            f"{row['coverage']:>8.1%}"
-        )
+    print_analogy_report(report)
     return 0
 
 
@@ -539,6 +552,20 @@ def spearman(left: Sequence[float], right: Sequence[float]) -> float:
     return float((left_ranks * right_ranks).sum() / denominator) if denominator else 0.0
 
 
+def evaluate_similarity(client: VecserveClient, pairs: Sequence[WordPairScore]) -> float:
+    """Spearman correlation of the gold scores with the service's pair similarities."""
+    batch = 64
+    similarities: list[float] = []
+    # Every pair is a candidate of a CompareRelations call; its pair_similarity is the words' cosine.
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        response = client.compare_relations(
+            (chunk[0].first, chunk[0].second), [(p.first, p.second) for p in chunk]
+        )
+        similarities += [c.pair_similarity for c in response.comparisons]
+    return spearman([p.gold for p in pairs], similarities)
+
+
 def run_eval_similarity(args: argparse.Namespace) -> int:
     try:
         pairs = read_similarity_pairs(args.file)
@@ -548,17 +575,8 @@ def run_eval_similarity(args: argparse.Namespace) -> int:
     if len(pairs) < 2:
         print(f"error: {args.file} needs at least two scored pairs", file=sys.stderr)
         return 2
-    batch = 64
-    similarities: list[float] = []
     with connect(args) as client:
-        # Every pair is a candidate of one CompareRelations call; its pair_similarity is the cosine.
-        for start in range(0, len(pairs), batch):
-            chunk = pairs[start : start + batch]
-            response = client.compare_relations(
-                (chunk[0].first, chunk[0].second), [(p.first, p.second) for p in chunk]
-            )
-            similarities += [c.pair_similarity for c in response.comparisons]
-    correlation = spearman([p.gold for p in pairs], similarities)
+        correlation = evaluate_similarity(client, pairs)
     if args.json:
         print_json({"file": str(args.file), "pairs": len(pairs), "spearman": round(correlation, 6)})
         return 0

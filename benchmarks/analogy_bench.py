@@ -1,0 +1,138 @@
+"""Analogy quality and speed with the default model, measured through a real server and client.
+
+`python -m benchmarks.analogy_bench [--sizes 30000 100000] [--data-dir DIR] [--limit N]`
+
+For each vocabulary size: accuracy on gensim's questions-words.txt (19,544 questions; a question
+whose answer cannot be produced counts as wrong) for 3CosMul and 3CosAdd, per section for the
+default method; Spearman correlation on WordSim353 and SimLex-999; latency of one analogy query
+(end to end through gRPC, and in the engine alone). Vocabularies are kept in --data-dir, so a
+second run does not embed them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from clients import VecserveClient
+from clients.commands.analogy import (
+    AnalogyQuestion,
+    WordPairScore,
+    evaluate_analogies,
+    evaluate_similarity,
+    print_analogy_report,
+    read_analogy_questions,
+    read_similarity_pairs,
+)
+from service.analogy import AnalogyEngine, AnalogyMethod
+from service.config import Settings, default_model_path
+from service.encoder import Encoder
+from service.server import create_server
+
+LATENCY_CALLS = 50
+
+
+def gensim_data(name: str) -> Path:
+    from gensim.test.utils import datapath
+
+    return Path(datapath(name))
+
+
+def latency_ms(call: object, calls: int = LATENCY_CALLS) -> tuple[float, float]:
+    """Median and 95th percentile of sequential calls, in milliseconds."""
+    times = []
+    for _ in range(calls):
+        began = time.perf_counter()
+        call()  # type: ignore[operator]
+        times.append((time.perf_counter() - began) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+
+
+def bench_size(
+    encoder: Encoder,
+    size: int,
+    data_root: Path,
+    questions: list[AnalogyQuestion],
+    similarity_sets: dict[str, list[WordPairScore]],
+    workers: int,
+) -> list[tuple[int, str, float]]:
+    """Runs every measurement with a vocabulary of `size` words; returns (size, method, accuracy)."""
+    summary = []
+    settings = Settings(listen="127.0.0.1:0", data_dir=data_root / f"vocabulary-{size}", vocabulary_size=size)
+    running = create_server(settings, encoder=encoder)
+    try:
+        assert running.vocabulary is not None
+        began = time.perf_counter()
+        vocabulary = running.vocabulary(timeout=None)
+        ready_seconds = time.perf_counter() - began
+        how = "embedded" if running.vocabulary.words_embedded else "loaded from disk"
+        print(f"\n== vocabulary of {size:,} words: {how} in {ready_seconds:.1f} s")
+        with VecserveClient(f"127.0.0.1:{running.port}", timeout=600) as client:
+            for method in ("cosmul", "cosadd"):
+                began = time.perf_counter()
+                report = evaluate_analogies(client, questions, method, workers=workers)
+                seconds = time.perf_counter() - began
+                total = report["total"]
+                print(
+                    f"analogies {method}: accuracy {total['accuracy']:.2%} ({total['correct']}/"
+                    f"{total['questions']}), coverage {total['coverage']:.2%}, "
+                    f"{len(questions) / seconds:.0f} questions/s with {workers} concurrent calls"
+                )
+                if method == "cosmul":
+                    print_analogy_report(report)
+                summary.append((size, method, total["accuracy"]))
+            for name, pairs in similarity_sets.items():
+                correlation = evaluate_similarity(client, pairs)
+                print(f"similarity {name}: Spearman {correlation:.4f} ({len(pairs)} pairs)")
+            median, p95 = latency_ms(lambda: client.solve_analogy(["king", "woman"], ["man"], k=10))
+            print(f"latency of one analogy through gRPC: median {median:.1f} ms, p95 {p95:.1f} ms")
+        engine = AnalogyEngine(encoder, running.vocabulary)
+        median, p95 = latency_ms(
+            lambda: engine.solve_analogy(["king", "woman"], ["man"], AnalogyMethod.COSMUL, k=10)
+        )
+        print(f"latency of one analogy in the engine: median {median:.1f} ms, p95 {p95:.1f} ms")
+        query = vocabulary.vectors[:3]
+        median, _ = latency_ms(lambda: query @ vocabulary.vectors.T, calls=200)
+        print(f"  of which scoring {size:,} words (one matrix product): median {median:.2f} ms")
+    finally:
+        running.stop(grace=5)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[Settings().vocabulary_size])
+    parser.add_argument("--data-dir", type=Path, default=Path("bench-data"))
+    parser.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    encoder = Encoder(default_model_path(), "cpu", batching=Settings().batching)
+    questions = read_analogy_questions(gensim_data("questions-words.txt"))[: args.limit]
+    similarity_sets = {
+        name: read_similarity_pairs(gensim_data(name)) for name in ("wordsim353.tsv", "simlex999.txt")
+    }
+    print(
+        f"model all-MiniLM-L6-v2 on {encoder.info.device}; {len(questions)} analogy questions; "
+        f"{os.cpu_count()} CPUs"
+    )
+    summary: list[tuple[int, str, float]] = []
+    for size in args.sizes:
+        summary += bench_size(encoder, size, args.data_dir, questions, similarity_sets, args.workers)
+    print("\nsummary (accuracy of all questions):")
+    for size, method, accuracy in summary:
+        print(f"  {size:>7,} words  {method}  {accuracy:.2%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

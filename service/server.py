@@ -92,6 +92,8 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # A second server on a taken port must fail, not silently share the port's calls.
+            ("grpc.so_reuseport", 0),
         ],
         interceptors=interceptors,
     )
@@ -133,10 +135,15 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    if credentials is not None:
-        port = server.add_secure_port(settings.listen, credentials)
-    else:
-        port = server.add_insecure_port(settings.listen)
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(settings.listen, credentials)
+        else:
+            port = server.add_insecure_port(settings.listen)
+    except RuntimeError as error:
+        for close in closers:  # release the data directory's lock and the batching worker
+            close()
+        raise InvalidSettings(f"cannot listen on {settings.listen}: {error}") from error
     server.start()
     running = RunningServer(
         server=server,

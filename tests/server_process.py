@@ -27,7 +27,8 @@ class ServerProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_args = list(extra_args)
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        # A small analogy vocabulary: each fresh data directory builds its own at start-up.
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "VECSERVE_VOCABULARY_SIZE": "2000", **(env or {})}
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 

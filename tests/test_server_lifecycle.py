@@ -37,3 +37,15 @@ def test_signal_finishes_in_flight_call_and_exits_zero(tmp_path: Path, signum: i
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.kill()
+
+
+def test_a_taken_port_is_refused_and_releases_the_data_dir(encoder, server, tmp_path: Path) -> None:
+    from service.config import Settings
+    from service.errors import InvalidSettings
+    from service.index_store import IndexStore
+    from service.server import create_server
+
+    data_dir = tmp_path / "second"
+    with pytest.raises(InvalidSettings, match="cannot listen"):
+        create_server(Settings(listen=f"127.0.0.1:{server.port}", data_dir=data_dir), encoder=encoder)
+    IndexStore(data_dir).close()  # the failed server let go of the directory's lock

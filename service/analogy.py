@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from service.encoder import TokenizedText
-from service.errors import InvalidArgument, NotFound
+from service.errors import FailedPrecondition, InvalidArgument, NotFound
 
 DEFAULT_K = 10
 MAX_K = 1000
@@ -36,7 +36,8 @@ MIN_WORDS_TO_CENTER = 1000
 _UNKNOWN_TOKENS = frozenset({"[UNK]", "<unk>", "<UNK>", "<|unk|>"})
 # How a single word is put to the sentence encoder. In quotes, the model reads it as a word named
 # rather than a fragment of a sentence: on questions-words.txt this scores 56.3% against 53.9%
-# for the bare word (30,000 words, 3CosMul), and it raises WordSim353 and SimLex-999 correlations.
+# for the bare word (30,000 words, 3CosMul); Spearman on WordSim353 0.765 against 0.729, on
+# SimLex-999 0.482 against 0.446.
 WORD_TEMPLATE = '"{}"'
 # Document texts of an index are matched as they were embedded: bare.
 TEXT_TEMPLATE = "{}"
@@ -105,9 +106,12 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 class Vocabulary:
     """Candidate answer words and their vectors in the engine's space.
 
-    `vectors` are the unit-length encoder vectors with `mean` (a common direction every
-    embedding of this model shares) subtracted and re-normalized: "all-but-the-top"
-    post-processing (Mu & Viswanath 2018). Query vectors go through the same `project`.
+    `vectors` are the unit-length encoder vectors with `mean` (a direction every embedding of this
+    model shares: its length is 0.45 over the English words) subtracted and re-normalized, the first
+    step of "all-but-the-top" post-processing (Mu & Viswanath 2018). Measured with the default
+    model, it leaves analogy accuracy within 0.1 point (removing top principal components as well
+    lowered it) and lifts word-pair correlations a little (WordSim353 0.743 against 0.729), so
+    nearest words are ranked in the centered space. Query vectors go through the same `project`.
     """
 
     words: list[str]
@@ -348,6 +352,18 @@ class AnalogyEngine:
                     self._cache.popitem(last=False)
         return np.stack([found[word] for word in normalized_words])
 
+    def _query_vectors(
+        self, vocabulary: Vocabulary, normalized_words: Sequence[str], index: str
+    ) -> np.ndarray:
+        """Query words embedded as the vocabulary was and projected into its space."""
+        vectors = self._embed(normalized_words, vocabulary.template)
+        if vectors.shape[1] != vocabulary.vectors.shape[1]:
+            raise FailedPrecondition(
+                f"index {index!r} holds {vocabulary.vectors.shape[1]}-dimensional vectors, not the model's "
+                f"{vectors.shape[1]}: only an index of the model's own embeddings can serve as a vocabulary"
+            )
+        return vocabulary.project(vectors)
+
     # Operations
 
     def solve_analogy(
@@ -367,7 +383,7 @@ class AnalogyEngine:
         positive_words = self._check_words(positive, "positive")
         negative_words = self._check_words(negative, "negative", allow_empty_list=True)
         vocabulary = self._vocabulary(vocabulary_index, timeout)
-        vectors = vocabulary.project(self._embed([*positive_words, *negative_words], vocabulary.template))
+        vectors = self._query_vectors(vocabulary, [*positive_words, *negative_words], vocabulary_index)
         scores = score_analogy(
             vocabulary, vectors[: len(positive_words)], vectors[len(positive_words) :], method
         )
@@ -381,7 +397,7 @@ class AnalogyEngine:
         k = check_k(k)
         normalized = self._check_words(queries, "queries")
         vocabulary = self._vocabulary(vocabulary_index, timeout)
-        similarities = vocabulary.project(self._embed(normalized, vocabulary.template)) @ vocabulary.vectors.T
+        similarities = self._query_vectors(vocabulary, normalized, vocabulary_index) @ vocabulary.vectors.T
         return [
             [
                 ScoredWord(vocabulary.words[row], score)

@@ -193,3 +193,21 @@ def test_unknown_vocabulary_index_is_not_found(analogies: VecserveClient) -> Non
             call()
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
         assert "no-such-index" in raised.value.details()
+
+
+def test_an_index_of_other_vectors_cannot_be_a_vocabulary(analogies: VecserveClient) -> None:
+    analogies.create_index("three-dimensional", dimension=3)
+    try:
+        analogies.upsert(
+            "three-dimensional",
+            [
+                {"id": "a", "text": "apple", "vector": [1.0, 0.0, 0.0]},
+                {"id": "b", "text": "pear", "vector": [0, 1, 0]},
+            ],
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            analogies.find_similar_words(["fruit"], vocabulary_index="three-dimensional")
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "3-dimensional" in raised.value.details()
+    finally:
+        analogies.delete_index("three-dimensional")

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[Settings().vocabulary_size])
-    parser.add_argument("--data-dir", type=Path, default=Path("bench-data"))
+    parser.add_argument("--data-dir", type=Path, default=Path("benchmarks/.cache/analogy"))
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args(argv)

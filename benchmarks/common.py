@@ -7,12 +7,15 @@ import os
 import platform
 import random
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clients import VecserveClient
 from service.runtime import apply_threading_defaults
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,3 +113,34 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def concurrent_calls(
+    address: str, items: Sequence[Any], clients: int, call: Callable[[VecserveClient, Any], object]
+) -> tuple[float, float, float]:
+    """items/s, p50 and p99 latency (ms) of `clients` threads, each with its own connection, making
+    one call per item (after one warm-up call each)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    connections = [VecserveClient(address, timeout=600) for _ in range(clients)]
+    try:
+        for connection in connections:
+            call(connection, items[0])
+
+        def worker(index: int) -> None:
+            mine = []
+            for item in items[index::clients]:
+                began = time.perf_counter()
+                call(connections[index], item)
+                mine.append(time.perf_counter() - began)
+            with lock:
+                latencies.extend(mine)
+
+        began = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(worker, range(clients)))
+        elapsed = time.perf_counter() - began
+    finally:
+        for connection in connections:
+            connection.close()
+    return len(items) / elapsed, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000

@@ -4,12 +4,10 @@ dynamic batching (aims 1 and 2 of the throughput work)."""
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import Report, gpu_available, median, percentile, short_texts
+from benchmarks.common import Report, concurrent_calls, gpu_available, median, short_texts
 from clients import VecserveClient
 from tests.server_process import ServerProcess
 
@@ -40,33 +38,8 @@ def grpc_batched_rate(address: str, texts: list[str]) -> float:
         return len(texts) / (time.perf_counter() - began)
 
 
-def concurrent_single_text_calls(address: str, texts: list[str], clients: int) -> tuple[float, float, float]:
-    """texts/s, p50 and p99 latency (ms) of `clients` threads each sending one text per call."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    connections = [VecserveClient(address, timeout=600) for _ in range(clients)]
-    try:
-        for connection in connections:
-            connection.embed(["warm up"])
-
-        def worker(index: int) -> None:
-            own = texts[index::clients]
-            mine = []
-            for text in own:
-                began = time.perf_counter()
-                connections[index].embed([text])
-                mine.append(time.perf_counter() - began)
-            with lock:
-                latencies.extend(mine)
-
-        began = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(worker, range(clients)))
-        elapsed = time.perf_counter() - began
-    finally:
-        for connection in connections:
-            connection.close()
-    return len(texts) / elapsed, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+def embed_one(client: VecserveClient, text: str) -> None:
+    client.embed([text])
 
 
 def run(report: Report) -> None:
@@ -88,11 +61,11 @@ def run(report: Report) -> None:
             report.add("embed", "gRPC / in-process", remote / local, "ratio", "aim >= 0.9")
 
             concurrent_texts = short_texts(concurrent_count, seed=11)
-            with_rate, with_p50, with_p99 = concurrent_single_text_calls(
-                batching.address, concurrent_texts, 32
+            with_rate, with_p50, with_p99 = concurrent_calls(
+                batching.address, concurrent_texts, 32, embed_one
             )
-            without_rate, without_p50, without_p99 = concurrent_single_text_calls(
-                plain.address, concurrent_texts, 32
+            without_rate, without_p50, without_p99 = concurrent_calls(
+                plain.address, concurrent_texts, 32, embed_one
             )
             in_process = in_process_rate(concurrent_texts, BATCH)
             section = "embed-32"

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from benchmarks.common import Report, percentile
+from benchmarks.common import Report, concurrent_calls
 from clients import VecserveClient
 from service.index_store import Document, IndexKind, IndexStore
 from tests.server_process import ServerProcess
@@ -38,32 +36,8 @@ def build_data_dir(path: Path, vectors: np.ndarray) -> None:
         store.close()
 
 
-def concurrent_queries(address: str, queries: np.ndarray) -> tuple[float, float, float]:
-    """queries/s, p50 and p99 latency (ms) of CLIENTS threads sending one query per call."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    connections = [VecserveClient(address, timeout=600) for _ in range(CLIENTS)]
-    try:
-        for connection in connections:
-            connection.search("bench", [queries[0]], k=10)
-
-        def worker(index: int) -> None:
-            mine = []
-            for query in queries[index::CLIENTS]:
-                began = time.perf_counter()
-                connections[index].search("bench", [query], k=10)
-                mine.append(time.perf_counter() - began)
-            with lock:
-                latencies.extend(mine)
-
-        began = time.perf_counter()
-        with ThreadPoolExecutor(CLIENTS) as pool:
-            list(pool.map(worker, range(CLIENTS)))
-        elapsed = time.perf_counter() - began
-    finally:
-        for connection in connections:
-            connection.close()
-    return len(queries) / elapsed, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+def search_one(client: VecserveClient, query: np.ndarray) -> None:
+    client.search("bench", [query], k=10)
 
 
 def run(report: Report) -> None:
@@ -83,8 +57,8 @@ def run(report: Report) -> None:
         batched = ServerProcess(on_dir).start()
         plain = ServerProcess(off_dir, "--no-search-batching").start()
         try:
-            on_rate, on_p50, on_p99 = concurrent_queries(batched.address, queries)
-            off_rate, off_p50, off_p99 = concurrent_queries(plain.address, queries)
+            on_rate, on_p50, on_p99 = concurrent_calls(batched.address, queries, CLIENTS, search_one)
+            off_rate, off_p50, off_p99 = concurrent_calls(plain.address, queries, CLIENTS, search_one)
         finally:
             batched.stop()
             plain.stop()

@@ -758,7 +758,11 @@ def run(report: Report, names: Sequence[str] | None = None, bulk: bool = True) -
     with tempfile.TemporaryDirectory(dir=os.environ.get("VECSERVE_BENCH_DIR")) as scratch_name:
         scratch = Path(scratch_name)
         for dataset in datasets(report, names):
-            print(f"  -- {dataset.label} ({dataset.note}), {len(dataset.queries):,} queries", flush=True)
+            print(
+                f"  -- {dataset.label} ({dataset.note}), {len(dataset.queries):,} queries, "
+                f"load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
             workdir = scratch / dataset.name
             workdir.mkdir()
             peers = peer_results(report, dataset, workdir, seconds)

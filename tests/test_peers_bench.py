@@ -1,0 +1,93 @@
+"""The peers benchmark's own logic: recall, parameter steps, operating points, caching, missing peers.
+
+The benchmark itself runs end to end (tiny sizes) in test_benchmarks.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import peers_bench
+from benchmarks.common import Report
+from benchmarks.peers_bench import Result
+
+
+def test_exact_neighbours_match_a_full_sort() -> None:
+    vectors = peers_bench.random_unit_vectors(500, seed=1)
+    queries = peers_bench.random_unit_vectors(20, seed=2)
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, : peers_bench.K]
+    np.testing.assert_array_equal(peers_bench.exact_neighbours(vectors, queries), expected)
+
+
+def test_recall_counts_shared_neighbours_in_any_order() -> None:
+    truth = np.array([list(range(10)), list(range(10, 20))])
+    found = [list(reversed(range(10))), [*range(10, 15), *range(100, 105)]]
+    assert peers_bench.recall(found, truth) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(("count", "lists"), [(2_000, 32), (20_000, 512), (100_000, 1024), (1_000_000, 4096)])
+def test_ivf_lists_near_four_square_roots_with_enough_training_vectors(count: int, lists: int) -> None:
+    assert peers_bench.ivf_lists(count) == lists
+    assert lists * 39 <= count
+
+
+def test_next_ef_steps_down_after_reaching_the_target_and_up_otherwise() -> None:
+    assert peers_bench.next_ef(192, reached=True) == 128
+    assert peers_bench.next_ef(192, reached=False) == 256
+    assert peers_bench.next_ef(peers_bench.EF_STEPS[0], reached=True) == peers_bench.EF_STEPS[0]
+    assert peers_bench.next_ef(peers_bench.EF_STEPS[-1], reached=False) == peers_bench.EF_STEPS[-1]
+
+
+def test_fastest_ignores_setups_below_the_target_recall() -> None:
+    results = [
+        Result("exact", recall=1.0, single_qps=50, batched_qps=900),
+        Result("graph", recall=0.97, single_qps=400, batched_qps=800),
+        Result("fast but wrong", recall=0.80, single_qps=2000, batched_qps=9000),
+    ]
+    assert peers_bench.fastest(results, batched=False).system == "graph"
+    assert peers_bench.fastest(results, batched=True).system == "exact"
+    assert peers_bench.fastest(results[2:], batched=False) is None
+
+
+def test_ratios_compare_at_the_target_recall_and_say_when_a_peer_misses_it() -> None:
+    report = Report(size="tiny")
+    dataset = peers_bench.Dataset("toy", np.zeros((1, 4)), np.zeros((1, 4)), np.zeros((1, 10)), "")
+    ours = [Result("vecserve hnsw", recall=0.96, single_qps=300, batched_qps=1200)]
+    peers = {
+        "hnswlib": [Result("hnswlib ef=64", recall=0.95, single_qps=600, batched_qps=1200)],
+        "chromadb": [Result("chromadb (defaults)", recall=0.80, single_qps=150, batched_qps=400)],
+    }
+    peers_bench.report_ratios(report, dataset, ours, peers)
+    rows = {row.name: row for row in report.rows}
+    assert rows["vecserve / hnswlib, 1 query/call"].value == pytest.approx(0.5)
+    assert rows["vecserve / hnswlib, 100 queries/call"].value == pytest.approx(1.0)
+    assert rows["vecserve / chromadb, 1 query/call"].value == pytest.approx(2.0)
+    assert "below the target" in rows["vecserve / chromadb, 1 query/call"].note
+    assert not any("milvus" in name for name in rows)
+
+
+def test_cached_embeddings_serve_smaller_requests_without_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    np.save(tmp_path / f"minilm-w{peers_bench.WORDS_PER_TEXT}-s7-50.npy", stored)
+    monkeypatch.setattr(peers_bench, "CACHE_DIR", tmp_path)
+    np.testing.assert_array_equal(peers_bench.embedded_texts(20, seed=7), stored[:20])
+
+
+def test_missing_peers_are_skipped_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        peers_bench, "PEERS", {name: f"{module}_not_installed" for name, module in peers_bench.PEERS.items()}
+    )
+    vectors = peers_bench.random_unit_vectors(100, seed=1)
+    dataset = peers_bench.make_dataset("toy", vectors, vectors[:5], "")
+    report = Report(size="tiny")
+    assert peers_bench.peer_results(report, dataset, tmp_path, seconds=0.1) == {}
+    assert report.rows == []
+    printed = capsys.readouterr().out
+    assert all(f"{peer} is not installed: skipped" in printed for peer in peers_bench.PEERS)

@@ -4,7 +4,6 @@ and encoder work skipped for calls that timed out."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -105,19 +104,17 @@ def test_an_expired_call_is_dropped_from_the_encoder_queue(metered: RunningServe
     batcher = encoder.batcher
     assert batcher is not None
     cancelled_before = batcher.cancelled_jobs
-    long_texts = [f"sentence number {i} about nothing much " * 40 for i in range(24)]
-
-    def occupy_the_model() -> None:
-        with VecserveClient(address, timeout=120) as client:
-            client.embed(long_texts)
-
-    busy = threading.Thread(target=occupy_the_model)
-    busy.start()
-    time.sleep(0.5)  # the long batch is in the model now; the next call queues behind it
+    # One job is never split, so these 192 full-length texts hold the model for seconds even on a
+    # fast CPU: long enough for the next call's 0.3 s deadline to pass while it waits in the queue.
+    long_texts = [f"sentence number {i} about nothing much " * 40 for i in range(192)]
+    busy = batcher.submit(long_texts, [encoder.info.max_sequence_length] * len(long_texts))
+    started = time.monotonic()
+    while batcher.queued_texts > 0 and time.monotonic() - started < 30:
+        time.sleep(0.002)  # the worker takes the long job: the model is busy from here on
     with VecserveClient(address) as client, pytest.raises(grpc.RpcError) as caught:
         client.embed(["too late"], timeout=0.3)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    busy.join(timeout=120)
+    busy.result(timeout=300)
     deadline = time.monotonic() + 10
     while batcher.cancelled_jobs == cancelled_before and time.monotonic() < deadline:
         time.sleep(0.05)

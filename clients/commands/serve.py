@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -38,11 +43,34 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--max-texts-per-request", type=int, help="VECSERVE_MAX_TEXTS_PER_REQUEST")
     parser.add_argument("--max-text-characters", type=int, help="VECSERVE_MAX_TEXT_CHARACTERS")
     parser.add_argument(
-        "--max-request-characters", type=int, help="characters in all texts of one request "
-        "(VECSERVE_MAX_REQUEST_CHARACTERS)"
+        "--max-request-characters",
+        type=int,
+        help="characters in all texts of one request (VECSERVE_MAX_REQUEST_CHARACTERS)",
     )
     parser.add_argument("--max-message-bytes", type=int, help="VECSERVE_MAX_MESSAGE_BYTES")
     parser.add_argument("--worker-threads", type=int, help="VECSERVE_WORKER_THREADS")
+    parser.add_argument(
+        "--shutdown-grace-seconds",
+        type=float,
+        help="time in-flight calls get to finish on SIGTERM/SIGINT (VECSERVE_SHUTDOWN_GRACE_SECONDS)",
+    )
+    parser.add_argument(
+        "--max-documents-per-request",
+        type=int,
+        help="documents per upsert or delete call and per streamed message "
+        "(VECSERVE_MAX_DOCUMENTS_PER_REQUEST)",
+    )
+    parser.add_argument(
+        "--index-snapshot-every",
+        type=int,
+        help="changes to an index after which its search structure is saved, bounding the catch-up "
+        "at the next start (VECSERVE_INDEX_SNAPSHOT_EVERY)",
+    )
+    parser.add_argument(
+        "--vocabulary-size",
+        type=int,
+        help="most frequent English words in the built-in analogy vocabulary (VECSERVE_VOCABULARY_SIZE)",
+    )
     parser.add_argument(
         "--no-dynamic-batching",
         dest="dynamic_batching",
@@ -66,8 +94,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--max-batch-wait-ms", type=float, help="longest wait to fill a batch (VECSERVE_MAX_BATCH_WAIT_MS)"
     )
     parser.add_argument(
-        "--max-queued-texts", type=int, help="texts waiting for the model before calls are refused "
-        "with RESOURCE_EXHAUSTED (VECSERVE_MAX_QUEUED_TEXTS)"
+        "--max-queued-texts",
+        type=int,
+        help="texts waiting for the model before calls are refused "
+        "with RESOURCE_EXHAUSTED (VECSERVE_MAX_QUEUED_TEXTS)",
     )
     parser.add_argument(
         "--tokens-file",
@@ -91,40 +121,24 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.set_defaults(handler=run)
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the VECSERVE_* variables, with every flag given on the command line winning."""
+    from service.config import Settings, settings_from_env
+
+    flags = {field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)}
+    return settings_from_env(**flags)
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here so client-only commands start fast and need no model stack.
     from service.runtime import apply_threading_defaults
 
     apply_threading_defaults()
-    from service.config import settings_from_env
     from service.errors import InvalidSettings
     from service.server import serve
 
     try:
-        settings = settings_from_env(
-            listen=args.listen,
-            data_dir=args.data_dir,
-            model=args.model,
-            device=args.device,
-            backend=args.backend,
-            max_texts_per_request=args.max_texts_per_request,
-            max_text_characters=args.max_text_characters,
-            max_request_characters=args.max_request_characters,
-            max_message_bytes=args.max_message_bytes,
-            worker_threads=args.worker_threads,
-            dynamic_batching=args.dynamic_batching,
-            search_batching=args.search_batching,
-            max_batch_tokens=args.max_batch_tokens,
-            max_batch_wait_ms=args.max_batch_wait_ms,
-            max_queued_texts=args.max_queued_texts,
-            tokens_file=args.tokens_file,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            metrics_listen=args.metrics_listen,
-            log_format=args.log_format,
-        )
-        return serve(settings)
+        return serve(settings_from_args(args))
     except InvalidSettings as error:
         print(f"error: invalid settings: {error}", file=sys.stderr)
         return 2

@@ -7,15 +7,21 @@ import json
 import math
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clients import VecserveClient
+from service.config import Settings
+from service.encoder import Encoder
+from service.server import create_server
+from tests.certs import CertFiles, CertificateAuthority
 
 NODE_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
 # Written after a successful `npm ci`: the hash of the lock file it installed, so reruns skip the install.
 INSTALL_STAMP = NODE_CLIENT_DIR / "node_modules" / ".installed-lock-sha256"
+NODE_TOKEN = "node-read-token-0123456789"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or shutil.which("npm") is None,
@@ -105,3 +111,69 @@ def test_usage_errors_exit_with_status_2(node_client: Path, address: str) -> Non
     result = run_node(node_client, address, "embed")
     assert result.returncode == 2
     assert "embed needs at least one TEXT" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[CertificateAuthority, CertFiles, CertFiles]:
+    ca = CertificateAuthority(tmp_path_factory.mktemp("node-pki"))
+    return ca, ca.issue("vecserve server", server=True), ca.issue("node client", server=False)
+
+
+@pytest.fixture(scope="module")
+def secured_address(
+    encoder: Encoder,
+    pki: tuple[CertificateAuthority, CertFiles, CertFiles],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """A server that wants mutual TLS and a read token."""
+    ca, server_cert, _ = pki
+    directory = tmp_path_factory.mktemp("node-secured")
+    (directory / "tokens").write_text(f"read {NODE_TOKEN}\n")
+    settings = Settings(
+        listen="127.0.0.1:0",
+        data_dir=directory / "data",
+        tokens_file=directory / "tokens",
+        tls_cert=server_cert.cert,
+        tls_key=server_cert.key,
+        tls_client_ca=ca.cert_path,
+    )
+    running = create_server(settings, encoder=encoder)
+    # By name: Node warns on stderr when TLS is given an IP address as the server name (RFC 6066).
+    yield f"localhost:{running.port}"
+    running.stop(grace=2)
+
+
+def test_token_and_mutual_tls(
+    node_client: Path, secured_address: str, pki: tuple[CertificateAuthority, CertFiles, CertFiles]
+) -> None:
+    ca, _, client_cert = pki
+    tls = ["--ca-file", str(ca.cert_path), "--client-cert", str(client_cert.cert)]
+    tls += ["--client-key", str(client_cert.key)]
+    result = run_node(node_client, secured_address, *tls, "--token", NODE_TOKEN, "embed", "hello")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["embeddings"][0]["vector"]) == 384
+
+    without_token = run_node(node_client, secured_address, *tls, "info")
+    assert without_token.returncode == 1
+    assert without_token.stderr.startswith("error: UNAUTHENTICATED: ")
+    assert NODE_TOKEN not in without_token.stderr
+
+    wrong_token = run_node(node_client, secured_address, *tls, "--token", "not-the-token", "info")
+    assert wrong_token.stderr.startswith("error: UNAUTHENTICATED: ")
+
+    without_client_cert = run_node(
+        node_client, secured_address, "--ca-file", str(ca.cert_path), "--token", NODE_TOKEN, "info"
+    )
+    assert without_client_cert.returncode == 1
+    assert without_client_cert.stderr.startswith("error: UNAVAILABLE: ")
+
+
+def test_unreadable_certificate_files_are_a_usage_error(
+    node_client: Path, address: str, tmp_path: Path
+) -> None:
+    result = run_node(node_client, address, "--ca-file", str(tmp_path / "missing.pem"), "info")
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr and "missing.pem" in result.stderr
+    lone_cert = run_node(node_client, address, "--client-cert", str(tmp_path / "c.pem"), "info")
+    assert lone_cert.returncode == 2
+    assert "--client-cert and --client-key go together" in lone_cert.stderr

@@ -76,7 +76,10 @@ USER vecserve
 # Indexes live here; a named volume or bind mount keeps them across container restarts.
 VOLUME ["/app/indexes"]
 EXPOSE 50051
-# Asks the standard grpc.health.v1 service; the model loads before the port opens, hence the start period.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = os.environ['VECSERVE_LISTEN'].rpartition(':')[2]; r = g.HealthStub(grpc.insecure_channel(f'127.0.0.1:{port}')).Check(h.HealthCheckRequest(), timeout=5); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
+# `vecserve health` asks the standard grpc.health.v1 service on VECSERVE_LISTEN's port; it reads the client's
+# VECSERVE_CA_FILE / VECSERVE_CLIENT_CERT / VECSERVE_CLIENT_KEY too, so it also works when the server serves
+# TLS (with a certificate for "localhost"). The model loads before the port opens, hence the start period.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD vecserve --address "localhost:${VECSERVE_LISTEN##*:}" --timeout 5 health
 # Equivalent to `vecserve serve --listen 0.0.0.0:50051 --data-dir /app/indexes`, through the variables above.
 CMD ["vecserve", "serve"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vecserve.v1 import (
     analogy_pb2,
     analogy_pb2_grpc,
@@ -64,6 +65,7 @@ class VecserveClient:
         self.embedding = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         self.indexes = index_pb2_grpc.IndexServiceStub(channel)
         self.analogies = analogy_pb2_grpc.AnalogyServiceStub(channel)
+        self.health_checks = health_pb2_grpc.HealthStub(channel)
 
     def __enter__(self) -> VecserveClient:
         return self
@@ -82,6 +84,14 @@ class VecserveClient:
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Blocks until the channel connects, or raises grpc.FutureTimeoutError."""
         grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The standard grpc.health.v1 status of `service` ("" asks about the whole server): "SERVING",
+        or "NOT_SERVING" while the server shuts down. An unknown service raises NOT_FOUND."""
+        response = self.health_checks.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self._deadline(timeout)
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     # EmbeddingService
 

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from clients.cli import main
+from service.config import Settings
+from service.encoder import Encoder
+from service.server import create_server
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], address: str, *args: str) -> tuple[int, str, str]:
@@ -86,3 +89,22 @@ def test_installed_console_script_uses_the_address_variable(address: str) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["embeddings"][0]["vector"]) == 384
+
+
+def test_health_reports_serving(capsys, address: str) -> None:
+    assert run_cli(capsys, address, "health") == (0, "SERVING\n", "")
+    code, out, _ = run_cli(capsys, address, "health", "--service", "vecserve.v1.IndexService", "--json")
+    assert code == 0 and json.loads(out) == {"service": "vecserve.v1.IndexService", "status": "SERVING"}
+    code, out, err = run_cli(capsys, address, "health", "--service", "no.such.Service")
+    assert code == 1 and out == "" and err.startswith("error: NOT_FOUND: ")
+
+
+def test_health_fails_while_the_server_shuts_down(capsys, encoder: Encoder, tmp_path: Path) -> None:
+    running = create_server(Settings(listen="127.0.0.1:0", data_dir=tmp_path), encoder=encoder)
+    try:
+        address = f"127.0.0.1:{running.port}"
+        assert run_cli(capsys, address, "health")[0] == 0
+        running.health.enter_graceful_shutdown()
+        assert run_cli(capsys, address, "health") == (1, "NOT_SERVING\n", "")
+    finally:
+        running.stop(grace=1)

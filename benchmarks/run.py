@@ -24,9 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     report = Report(size=size, context=machine_context())
     began = time.perf_counter()
+    suite_seconds: dict[str, float] = {}
     for name in args.only or SUITES:
         print(f"== {name}", flush=True)
+        suite_began = time.perf_counter()
         importlib.import_module(f"benchmarks.{name}_bench").run(report)
+        suite_seconds[name] = round(time.perf_counter() - suite_began, 1)
+        print(f"== {name}: {suite_seconds[name]} s", flush=True)
+    report.context["suite_seconds"] = suite_seconds
     report.context["seconds"] = round(time.perf_counter() - began, 1)
     report.print_table()
     report.write_json(args.json_out)

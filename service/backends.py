@@ -36,9 +36,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import InvalidSettings
+from service.model_inputs import InputPreparer
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+    from tokenizers import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,9 @@ CALIBRATION_TEXT_COUNT = 300
 QUALITY_CHECK_BATCH = 8
 STALE_BUILD_SECONDS = 3600
 
-# Runs the model on texts and returns raw pooled float32 vectors, one row per text.
-RunFunction = Callable[[list[str]], np.ndarray]
+# Runs the model on tokenized texts (InputPreparer.prepare) and returns raw pooled float32 vectors,
+# one row per text.
+RunFunction = Callable[[list["Encoding"]], np.ndarray]
 
 # A fixed, varied text set for the quality guard: domains, lengths from one word to past the
 # model's limit, numbers, code, other languages and scripts. Kept apart from calibration texts.
@@ -433,13 +436,13 @@ def ensure_built(name: str, model: SentenceTransformer, cache_dir: Path) -> tupl
 
 
 class OpenVinoRunner:
-    """Runs a compiled OpenVINO model like the torch path: tokenize, batch by length, pool."""
+    """Runs a compiled OpenVINO model like the torch path: batch tokenized texts by length, pool."""
 
-    def __init__(self, model: SentenceTransformer, folder: Path) -> None:
+    def __init__(self, inputs: InputPreparer, folder: Path) -> None:
         import openvino as ov
 
         record = json.loads((folder / "build.json").read_text())
-        self._model = model  # for its preprocessing (tokenizer, truncation, padding)
+        self._inputs = inputs  # pads token sequences into the arrays the model takes
         self._input_names: list[str] = record["input_names"]
         # Throughput mode: one single-threaded stream per core, fed sub-batches in parallel. On a
         # busy 2-core machine it ran batches 1.5-2x faster than one two-thread latency stream, whose
@@ -454,18 +457,17 @@ class OpenVinoRunner:
         precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.dtype = "int8" if record["backend"] == OPENVINO_INT8 else _DTYPE_NAMES.get(precision, precision)
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, model_inputs: list[Encoding]) -> np.ndarray:
         """Raw pooled vectors; one caller at a time (the batcher's worker or the encoder's lock)."""
-        vectors = np.empty((len(texts), self._dimension), dtype=np.float32)
+        vectors = np.empty((len(model_inputs), self._dimension), dtype=np.float32)
         # Length-sorted sub-batches pad less, as sentence-transformers' encode does; enough of them
-        # to keep every stream busy, while the next one is tokenized here.
-        order = np.argsort([-len(text) for text in texts], kind="stable")
-        size = min(INFERENCE_BATCH_SIZE, max(1, -(-len(texts) // self._streams)))
-        for start in range(0, len(texts), size):
+        # to keep every stream busy, while the next one is padded here.
+        order = np.argsort([-len(item.ids) for item in model_inputs], kind="stable")
+        size = min(INFERENCE_BATCH_SIZE, max(1, -(-len(model_inputs) // self._streams)))
+        for start in range(0, len(model_inputs), size):
             rows = order[start : start + size]
-            features = _features(self._model, [texts[index] for index in rows])
-            inputs = {name: features[name].numpy() for name in self._input_names}
-            self._requests.start_async(inputs, (vectors, rows))
+            arrays = self._inputs.arrays([model_inputs[index] for index in rows])
+            self._requests.start_async({name: arrays[name] for name in self._input_names}, (vectors, rows))
         self._requests.wait_all()
         return vectors
 
@@ -478,7 +480,7 @@ def _store_rows(request: Any, target: tuple[np.ndarray, np.ndarray]) -> None:
 _DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 
 
-def check_quality(run: RunFunction, model: SentenceTransformer) -> float:
+def check_quality(run: RunFunction, model: SentenceTransformer, inputs: InputPreparer) -> float:
     """Mean cosine between run's vectors and the float32 torch model's on QUALITY_CHECK_TEXTS."""
     # Small batches of similar length: padding a batch to its longest text would cost more than
     # the check itself.
@@ -486,7 +488,7 @@ def check_quality(run: RunFunction, model: SentenceTransformer) -> float:
     batches = [
         texts[start : start + QUALITY_CHECK_BATCH] for start in range(0, len(texts), QUALITY_CHECK_BATCH)
     ]
-    fast = np.concatenate([run(batch) for batch in batches])
+    fast = np.concatenate([run(inputs.prepare(batch)[0]) for batch in batches])
     expected = np.concatenate(
         [model.encode(batch, batch_size=QUALITY_CHECK_BATCH, convert_to_numpy=True) for batch in batches]
     )
@@ -496,7 +498,8 @@ def check_quality(run: RunFunction, model: SentenceTransformer) -> float:
 def load_backend(name: str, model: SentenceTransformer, cache_dir: Path) -> LoadedBackend:
     """Builds (once) and loads a backend for a float32 CPU model, then checks it against torch.
 
-    `model` is the float32 torch reference: the backend is refused with InvalidSettings when the
+    The backend runs on texts tokenized by an InputPreparer of the model. `model` is the float32
+    torch reference: the backend is refused with InvalidSettings when the
     mean cosine between its vectors and the model's on QUALITY_CHECK_TEXTS is below MIN_MEAN_COSINE.
     """
     check_backend_name(name)
@@ -512,8 +515,10 @@ def load_backend(name: str, model: SentenceTransformer, cache_dir: Path) -> Load
             f"the {name} backend needs OpenVINO and NNCF: pip install 'vecserve[openvino]' ({error})"
         ) from error
     folder, built = ensure_built(name, model, cache_dir)
-    runner = OpenVinoRunner(model, folder)
-    quality = check_quality(runner, model)
+    inputs = InputPreparer(model)
+    inputs.check_matches(model)
+    runner = OpenVinoRunner(inputs, folder)
+    quality = check_quality(runner, model, inputs)
     if quality < MIN_MEAN_COSINE:
         alternatives = "torch" if name == OPENVINO else f"{OPENVINO} or torch"
         raise InvalidSettings(

@@ -1,9 +1,9 @@
 """Dynamic batching: concurrent encode calls are gathered into one model call by a worker thread.
 
-Callers submit texts with their token lengths; the worker takes what is queued (waiting at most
-`max_wait_seconds` for more while the batch is small), stops when the padded token budget would be
-exceeded, runs the batch sorted by length, and hands each caller its own rows. The queue is bounded:
-when it is full, submit raises Overloaded at once instead of letting callers wait without end.
+Callers submit items (tokenized texts) with their token lengths; the worker takes what is queued
+(waiting at most `max_wait_seconds` for more while the batch is small), stops when the padded token
+budget would be exceeded, runs the batch in one call, and hands each caller its own rows. The queue is
+bounded: when it is full, submit raises Overloaded at once instead of letting callers wait without end.
 A job whose caller has gone (its `is_cancelled` says so) is dropped when it reaches the head of the
 queue instead of spending model time nobody waits for.
 """
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,8 @@ from service.errors import Cancelled, InvalidSettings, Overloaded
 
 log = logging.getLogger(__name__)
 
-# Runs the model on texts (in the given order) and returns one float32 row per text.
-BatchFunction = Callable[[list[str]], np.ndarray]
+# Runs the model on items (in the given order) and returns one float32 row per item.
+BatchFunction = Callable[[list[Any]], np.ndarray]
 # Tells whether the caller of a job has gone away (for example: its RPC was cancelled or timed out).
 CancelCheck = Callable[[], bool]
 
@@ -56,7 +57,7 @@ class BatchingSettings:
 
 @dataclass
 class _Job:
-    texts: list[str]
+    texts: list[Any]
     lengths: list[int]
     is_cancelled: CancelCheck | None = None
     result: Future[np.ndarray] = field(default_factory=Future)
@@ -88,7 +89,7 @@ class DynamicBatcher:
         return self._queued_texts
 
     def submit(
-        self, texts: Sequence[str], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
+        self, texts: Sequence[Any], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
     ) -> Future[np.ndarray]:
         """Queues texts (with their token lengths, capped at the model limit); the future gets their rows,
         or Cancelled when `is_cancelled` says the caller has gone before the texts reach the model."""
@@ -107,7 +108,7 @@ class DynamicBatcher:
         return job.result
 
     def run(
-        self, texts: Sequence[str], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
+        self, texts: Sequence[Any], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
     ) -> np.ndarray:
         return self.submit(texts, lengths, is_cancelled).result()
 
@@ -161,13 +162,8 @@ class DynamicBatcher:
             if not batch:
                 return
             texts = [text for job in batch for text in job.texts]
-            lengths = [n for job in batch for n in job.lengths]
-            # Sorting by length keeps padding small inside the model's mini-batches.
-            order = np.argsort(lengths, kind="stable")
             try:
-                sorted_rows = self._run_batch([texts[i] for i in order])
-                rows = np.empty_like(sorted_rows)
-                rows[order] = sorted_rows
+                rows = self._run_batch(texts)
             except Exception as error:  # the callers get the error; the worker lives on
                 log.exception("batch of %d texts failed", len(texts))
                 for job in batch:

@@ -8,12 +8,17 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service import backends
 from service.batching import BatchingSettings, CancelCheck, DynamicBatcher
 from service.errors import Cancelled, InvalidArgument, InvalidSettings
+from service.model_inputs import InputPreparer
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +115,18 @@ class Encoder:
             del model[len(model) - 1]
         model.eval()
         self._model = model
+        # Each text is tokenized once, in the request thread: the token count (for truncation reports
+        # and the batcher's budget) and the model's input come from the same tokenization.
+        self._inputs = InputPreparer(model)
+        self._inputs.check_matches(model)
         self._backend_run: backends.RunFunction | None = None
         if backend != backends.TORCH:
             assert cache_dir is not None
             loaded = backends.load_backend(backend, model, cache_dir)
             self._backend_run = loaded.run
             dtype = loaded.dtype
-        # Hugging Face fast tokenizers are not safe for concurrent calls, and the model's own one is
-        # busy inside model calls: request threads count and split tokens with a copy of their own.
+        # Hugging Face tokenizers are not safe for concurrent calls, and the model's own one changes
+        # its settings on every call: the Tokenize RPC splits tokens with a copy of its own.
         self._tokenizer = copy.deepcopy(model.tokenizer)
         self._tokenizer_lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -169,12 +178,6 @@ class Encoder:
                 verbose=False,
             )
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text, special tokens included, without truncation."""
-        with self._tokenizer_lock:
-            encoded = self._tokenizer(list(texts), truncation=False, verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]
-
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[TokenizedText]:
         encoded = self._encode_ids(texts, add_special_tokens)
         results = []
@@ -207,7 +210,7 @@ class Encoder:
 
         `is_cancelled` tells whether the caller has gone; then the model work is skipped (Cancelled)."""
         limit = self.info.max_sequence_length
-        token_counts = self.count_tokens(texts)
+        model_inputs, token_counts = self._inputs.prepare(texts)
         truncated = [count > limit for count in token_counts]
         if not truncate:
             for position, count in enumerate(token_counts):
@@ -217,7 +220,7 @@ class Encoder:
                         "shorten it or allow truncation",
                         field=f"texts[{position}]",
                     )
-        vectors = self._vectors(texts, token_counts, normalize, is_cancelled)
+        vectors = self._vectors(model_inputs, normalize, is_cancelled)
         return EmbedResult(vectors=vectors, token_counts=token_counts, truncated=truncated)
 
     def encode(
@@ -226,41 +229,46 @@ class Encoder:
         """Just the vectors, float32, one row per text (inputs over the limit are cut)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._vectors(texts, self.count_tokens(texts), normalize, is_cancelled)
+        return self._vectors(self._inputs.prepare(texts)[0], normalize, is_cancelled)
+
+    def prepare(self, texts: Sequence[str]) -> list[Encoding]:
+        """The model inputs of texts (tokenized, cut to the limit), as the batcher takes them."""
+        return self._inputs.prepare(texts)[0]
 
     def _vectors(
-        self,
-        texts: Sequence[str],
-        token_counts: Sequence[int],
-        normalize: bool,
-        is_cancelled: CancelCheck | None = None,
+        self, model_inputs: list[Encoding], normalize: bool, is_cancelled: CancelCheck | None = None
     ) -> np.ndarray:
         if self._batcher is not None:
-            limit = self.info.max_sequence_length
-            vectors = self._batcher.run(texts, [min(n, limit) for n in token_counts], is_cancelled)
+            vectors = self._batcher.run(model_inputs, [len(item.ids) for item in model_inputs], is_cancelled)
         else:
             with self._model_lock:
                 # The wait for the lock is where a caller may give up.
                 if is_cancelled is not None and is_cancelled():
                     raise Cancelled("the call ended before its texts reached the model")
-                vectors = self._run_model(list(texts))
+                vectors = self._run_model(model_inputs)
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def _run_model(self, texts: list[str]) -> np.ndarray:
+    def _run_model(self, model_inputs: list[Encoding]) -> np.ndarray:
         """Raw pooled vectors; called by one thread at a time (the batcher's worker or under the lock)."""
         if self._backend_run is not None:
-            return self._backend_run(texts)
-        vectors = self._model.encode(
-            texts,
-            batch_size=ENCODE_BATCH_SIZE,
-            convert_to_numpy=True,
-            normalize_embeddings=False,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+            return self._backend_run(model_inputs)
+        import torch
+
+        vectors = np.empty((len(model_inputs), self.dimension), dtype=np.float32)
+        # Length-sorted mini-batches pad little, as sentence-transformers' encode does.
+        order = np.argsort([len(item.ids) for item in model_inputs], kind="stable")
+        with torch.inference_mode():
+            for start in range(0, len(order), ENCODE_BATCH_SIZE):
+                rows = order[start : start + ENCODE_BATCH_SIZE]
+                features = self._inputs.torch_features(
+                    [model_inputs[row] for row in rows], self._model.device
+                )
+                pooled = self._model(features)["sentence_embedding"]
+                vectors[rows] = pooled.float().cpu().numpy()
+        return vectors
 
     def similarity_matrix(
         self, left: Sequence[str], right: Sequence[str], is_cancelled: CancelCheck | None = None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sentence_transformers import SentenceTransformer
 
+from service.config import default_model_path
 from service.encoder import Encoder, resolve_device
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, InvalidSettings
+from service.model_inputs import InputPreparer
 
 
 @pytest.mark.parametrize(
@@ -55,3 +58,55 @@ def test_normalize_option(encoder: Encoder) -> None:
 
 def test_encode_of_nothing_is_an_empty_matrix(encoder: Encoder) -> None:
     assert encoder.encode([]).shape == (0, 384)
+
+
+MIXED_TEXTS = [
+    "seagrass meadow",
+    "  spaces around  ",
+    "",
+    "Crème brûlée, 東京, Москва 😂",
+    "a short one",
+    "The tide came in over the flats. " * 40,  # past the 256-token limit: cut as the model would
+    "word " * 254,  # 256 tokens with [CLS] and [SEP]: exactly at the limit
+    "word " * 255,  # one over
+]
+
+
+@pytest.fixture(scope="module")
+def reference_model() -> SentenceTransformer:
+    """sentence-transformers on its own: it tokenizes and runs the model itself (Normalize dropped)."""
+    model = SentenceTransformer(default_model_path(), device="cpu")
+    del model[len(model) - 1]
+    return model
+
+
+def test_one_tokenization_gives_the_models_own_vectors(
+    encoder: Encoder, reference_model: SentenceTransformer
+) -> None:
+    expected = reference_model.encode(MIXED_TEXTS, batch_size=3, convert_to_numpy=True)
+    # Through the batcher (as one job) and one text per call.
+    np.testing.assert_allclose(encoder.encode(MIXED_TEXTS, normalize=False), expected, atol=2e-5)
+    singles = np.concatenate([encoder.encode([text], normalize=False) for text in MIXED_TEXTS])
+    np.testing.assert_allclose(singles, expected, atol=2e-5)
+
+
+def test_token_counts_are_the_whole_inputs(encoder: Encoder, reference_model: SentenceTransformer) -> None:
+    tokenizer = reference_model.tokenizer
+    expected = [len(tokenizer(text, truncation=False, verbose=False)["input_ids"]) for text in MIXED_TEXTS]
+    result = encoder.embed(MIXED_TEXTS)
+    assert result.token_counts == expected
+    assert expected[6] == 256 and expected[7] == 257
+    assert result.truncated == [count > 256 for count in expected]
+
+
+def test_a_model_whose_preprocessing_differs_is_refused(reference_model: SentenceTransformer) -> None:
+    prompted = SentenceTransformer(
+        default_model_path(), device="cpu", prompts={"query": "query: "}, default_prompt_name="query"
+    )
+    with pytest.raises(InvalidSettings, match="default prompt"):
+        InputPreparer(prompted).check_matches(prompted)
+    # The shared tokenizer, told to keep fewer tokens than the model: its cut differs from ours.
+    shorter = InputPreparer(reference_model)
+    shorter.max_length = 128
+    with pytest.raises(InvalidSettings, match="differently"):
+        shorter.check_matches(reference_model)

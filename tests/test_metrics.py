@@ -107,7 +107,8 @@ def test_an_expired_call_is_dropped_from_the_encoder_queue(metered: RunningServe
     # One job is never split, so these 192 full-length texts hold the model for seconds even on a
     # fast CPU: long enough for the next call's 0.3 s deadline to pass while it waits in the queue.
     long_texts = [f"sentence number {i} about nothing much " * 40 for i in range(192)]
-    busy = batcher.submit(long_texts, [encoder.info.max_sequence_length] * len(long_texts))
+    long_inputs = encoder.prepare(long_texts)
+    busy = batcher.submit(long_inputs, [len(item.ids) for item in long_inputs])
     started = time.monotonic()
     while batcher.queued_texts > 0 and time.monotonic() - started < 30:
         time.sleep(0.002)  # the worker takes the long job: the model is busy from here on

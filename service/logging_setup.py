@@ -7,10 +7,12 @@ for log collectors. Fields given as `extra={"fields": {...}}` appear in both.
 from __future__ import annotations
 
 import contextvars
-import datetime
 import json
 import logging
+import math
+import re
 import sys
+import time
 from typing import Any
 
 LOG_FORMATS = ("text", "json")
@@ -27,14 +29,30 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+# Values that must be quoted in text lines: empty, or holding a space, quote, equals sign or newline.
+_NEEDS_QUOTES = re.compile(r'[ "=\n]')
+# The formatted UTC second of the latest record: records come many to a second, only the
+# milliseconds change. A (second, text) pair, replaced whole so threads never see half an update.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    global _last_second
+    # Rounded to microseconds first, exactly as datetime.fromtimestamp does.
+    fraction, whole = math.modf(record.created)
+    second, microseconds = int(whole), round(fraction * 1_000_000)
+    if microseconds >= 1_000_000:
+        second, microseconds = second + 1, microseconds - 1_000_000
+    cached_second, text = _last_second
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{microseconds // 1000:03d}Z"
 
 
 def _value_text(value: object) -> str:
     text = str(value)
-    return json.dumps(text) if not text or any(c in text for c in ' "=\n') else text
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 class TextFormatter(logging.Formatter):

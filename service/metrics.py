@@ -34,6 +34,24 @@ def split_method(method_path: str) -> tuple[str, str]:
     return service, method
 
 
+class MethodMetrics:
+    """The call counters and latency histogram of one method, their label children looked up once."""
+
+    def __init__(self, requests: Counter, latency: Histogram, method_path: str) -> None:
+        self._requests = requests
+        self._service, self._method = split_method(method_path)
+        self._latency = latency.labels(self._service, self._method)
+        # Counter child by status code name, made on first use.
+        self._by_code: dict[str, Counter] = {}
+
+    def observe(self, code_name: str, seconds: float) -> None:
+        counter = self._by_code.get(code_name)
+        if counter is None:
+            counter = self._by_code[code_name] = self._requests.labels(self._service, self._method, code_name)
+        counter.inc()
+        self._latency.observe(seconds)
+
+
 class ServerMetrics:
     """The metrics of one server; the interceptor records calls, collectors read the core."""
 
@@ -61,11 +79,16 @@ class ServerMetrics:
             buckets=BATCH_TEXT_BUCKETS,
             registry=self.registry,
         )
+        self._methods: dict[str, MethodMetrics] = {}
 
-    def observe_call(self, method_path: str, code_name: str, seconds: float) -> None:
-        service, method = split_method(method_path)
-        self.requests.labels(service, method, code_name).inc()
-        self.latency.labels(service, method).observe(seconds)
+    def method(self, method_path: str) -> MethodMetrics:
+        """The metrics of one method ("/pkg.Service/Method"), the same object on every call."""
+        found = self._methods.get(method_path)
+        if found is None:
+            found = self._methods.setdefault(
+                method_path, MethodMetrics(self.requests, self.latency, method_path)
+            )
+        return found
 
     def watch_encoder(self, encoder: Encoder) -> None:
         """Batch sizes as they run; queue depth and cancelled jobs at scrape time."""

@@ -1,10 +1,15 @@
-"""Embedding throughput: gRPC vs in-process encode, and many small concurrent calls with and without
-dynamic batching (aims 1 and 2 of the throughput work)."""
+"""Embedding throughput: gRPC vs in-process encode, many small concurrent calls with and without
+dynamic batching (aims 1 and 2 of the throughput work), and the fixed cost of any call through the
+server's interceptors compared with a bare gRPC server."""
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import Report, concurrent_calls, gpu_available, median, short_texts
@@ -42,9 +47,90 @@ def embed_one(client: VecserveClient, text: str) -> None:
     client.embed([text])
 
 
+def sequential_call_ms(
+    calls: dict[str, Callable[[], object]], count: int, rounds: int = 5
+) -> dict[str, float]:
+    """Milliseconds per call of each callable, called `count` times in a row; the calls take turns
+    round by round and the best round counts, so drift on a shared machine hits all alike."""
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(20):  # warm-up
+                call()
+            began = time.perf_counter()
+            for _ in range(count):
+                call()
+            best[name] = min(best[name], (time.perf_counter() - began) / count * 1000)
+    return best
+
+
+def per_call_overhead(report: Report, count: int) -> None:
+    """Health/Check and GetModelInfo one after another: a vecserve server (interceptors, access log
+    on, as served) vs a bare gRPC server holding only the health service, both in this process."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+    from service.batching import BatchingSettings
+    from service.config import Settings, default_model_path
+    from service.encoder import Encoder
+    from service.logging_setup import TextFormatter
+    from service.server import create_server
+
+    # Access lines are formatted and written as a served process does, to a sink instead of stderr.
+    sink = logging.FileHandler(os.devnull)
+    sink.setFormatter(TextFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(sink)
+    root.setLevel(logging.INFO)
+    bare = grpc.server(ThreadPoolExecutor(max_workers=8))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), bare)
+    bare_port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    encoder = Encoder(default_model_path(), device="cpu", batching=BatchingSettings())
+    with tempfile.TemporaryDirectory() as scratch:
+        served = create_server(Settings(listen="127.0.0.1:0", data_dir=Path(scratch)), encoder=encoder)
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for port in (bare_port, served.port)]
+        try:
+            bare_health = health_pb2_grpc.HealthStub(channels[0])
+            vecserve_health = health_pb2_grpc.HealthStub(channels[1])
+            embedding = embedding_pb2_grpc.EmbeddingServiceStub(channels[1])
+            check, info = health_pb2.HealthCheckRequest(), embedding_pb2.GetModelInfoRequest()
+            ms = sequential_call_ms(
+                {
+                    "bare": lambda: bare_health.Check(check, timeout=10),
+                    "health": lambda: vecserve_health.Check(check, timeout=10),
+                    "info": lambda: embedding.GetModelInfo(info, timeout=10),
+                },
+                count,
+            )
+        finally:
+            for channel in channels:
+                channel.close()
+            served.stop(grace=1)
+            bare.stop(grace=1)
+            encoder.close()
+            root.removeHandler(sink)
+            root.setLevel(level)
+            sink.close()
+    section = "per-call"
+    report.add(section, f"bare gRPC server: Health/Check ({count} in a row)", ms["bare"], "ms")
+    report.add(section, "vecserve: Health/Check (interceptors, access log)", ms["health"], "ms")
+    report.add(section, "vecserve: GetModelInfo", ms["info"], "ms")
+    report.add(
+        section,
+        "per-call overhead: vecserve - bare Health/Check",
+        ms["health"] - ms["bare"],
+        "ms",
+        "request id, metadata, metrics, access log",
+    )
+
+
 def run(report: Report) -> None:
     count = report.pick(tiny=64, quick=512, full=2000)
     concurrent_count = report.pick(tiny=64, quick=320, full=1280)
+    per_call_overhead(report, {"tiny": 50, "quick": 500, "full": 2000}[report.size])
     texts = short_texts(count)
     with tempfile.TemporaryDirectory() as scratch:
         batching = ServerProcess(Path(scratch) / "batching").start()

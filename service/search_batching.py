@@ -5,11 +5,20 @@ over 100,000 x 384 vectors: about 19x here). Callers are grouped by a key (index
 first caller of a group becomes its leader and runs everything queued for the key in one call, while
 the others wait for their rows. Queries that arrive during a run queue up, and leadership passes to
 the first of them when the run ends, so no thread serves other callers' work after its own.
+
+Without gathering, steady concurrent load splits into alternating small and large runs (32 clients
+gave runs of 1 and 31 queries, 4 and 28, ...): the callers answered by one run come back while the
+next has just started with the few that were already queued. A run of a few queries costs about as
+much as a full one (each is one pass over the vectors), so a leader first waits for as many callers as
+were around last time (the last run's callers plus those queued when it ended), for at most
+GATHER_FRACTION of the last run's duration. A lone sequential caller expects nobody and never waits.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -17,8 +26,18 @@ from typing import Generic, TypeVar
 import numpy as np
 
 Hits = TypeVar("Hits")
+# A leader waits for expected callers at most this fraction of the last run's duration.
+GATHER_FRACTION = 0.5
+# Keys whose history (expected callers, last run time) is remembered; the oldest are forgotten.
+REMEMBERED_KEYS = 1024
 # Runs one search: query matrix and per-row exclusions in, one result per row out.
 SearchFunction = Callable[[np.ndarray, list[int | None]], list[Hits]]
+
+
+@dataclass
+class _History:
+    expected_callers: int = 1
+    run_seconds: float = 0.0
 
 
 @dataclass
@@ -36,8 +55,10 @@ class SearchCoalescer:
     def __init__(self, max_batch_queries: int = 4096) -> None:
         self._max_batch_queries = max_batch_queries
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._queued: dict[Hashable, list[_Request]] = {}
         self._running: set[Hashable] = set()
+        self._history: OrderedDict[Hashable, _History] = OrderedDict()
         self.calls = 0
 
     def search(
@@ -53,6 +74,8 @@ class SearchCoalescer:
             leading = key not in self._running
             if leading:
                 self._running.add(key)
+            else:
+                self._arrived.notify_all()
         if not leading:
             mine.wake.wait()
             if mine.results is not None or mine.error is not None:
@@ -63,10 +86,13 @@ class SearchCoalescer:
 
     def _lead(self, key: Hashable, run: SearchFunction) -> None:
         with self._lock:
+            history = self._history.get(key) or _History()
+            self._gather(key, history)
             queued = self._queued.pop(key)
             batch, rest = self._split(queued)
             if rest:
                 self._queued[key] = rest
+        began = time.perf_counter()
         try:
             results = run(
                 np.concatenate([request.queries for request in batch]),
@@ -83,12 +109,30 @@ class SearchCoalescer:
         finally:
             with self._lock:
                 waiting = self._queued.get(key)
+                history.run_seconds = time.perf_counter() - began
+                history.expected_callers = len(batch) + len(waiting or ())
+                self._remember(key, history)
                 if waiting:
                     waiting[0].wake.set()  # the next leader
                 else:
                     self._running.discard(key)
             for request in batch:
                 request.wake.set()
+
+    def _gather(self, key: Hashable, history: _History) -> None:
+        """Waits (holding no lock while asleep) until the expected callers are queued or time is up."""
+        deadline = time.perf_counter() + GATHER_FRACTION * history.run_seconds
+        while len(self._queued[key]) < history.expected_callers:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived.wait(remaining)
+
+    def _remember(self, key: Hashable, history: _History) -> None:
+        self._history[key] = history
+        self._history.move_to_end(key)
+        if len(self._history) > REMEMBERED_KEYS:
+            self._history.popitem(last=False)
 
     def _split(self, queued: list[_Request]) -> tuple[list[_Request], list[_Request]]:
         """As many whole requests as fit the batch limit (always at least one)."""

@@ -40,6 +40,23 @@ def test_concurrent_callers_share_calls_and_get_their_own_rows() -> None:
     assert len(calls) < 96 and max(calls) > 3
 
 
+def test_steady_concurrent_callers_are_gathered_into_full_batches() -> None:
+    """Callers that come straight back would otherwise split into alternating small and large runs."""
+    coalescer, calls = SearchCoalescer(), []
+    run = slow_echo(calls)
+    clients, rounds = 8, 12
+
+    def client(number: int) -> None:
+        for _ in range(rounds):
+            coalescer.search("k", np.array([[number, 0]], dtype=np.float32), [None], run)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    assert sum(calls) == clients * rounds
+    # Ungathered, this went 1, 8, 1, 8, ...: twice the calls.
+    assert len(calls) <= rounds + 3, calls
+
+
 def test_different_keys_are_never_merged() -> None:
     coalescer, calls = SearchCoalescer(), []
     run = slow_echo(calls)

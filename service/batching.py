@@ -34,8 +34,12 @@ CancelCheck = Callable[[], bool]
 @dataclass(frozen=True)
 class BatchingSettings:
     max_batch_tokens: int = 16384
-    max_wait_seconds: float = 0.002
+    max_wait_seconds: float = 0.010
     max_queued_texts: int = 8192
+    # The wait for more calls also ends when none has arrived for this long: a lone call is not
+    # held for the whole max wait, while a stream of calls (callers answered by the previous
+    # batch coming back one after another) keeps the batch open up to it.
+    arrival_gap_seconds: float = 0.002
 
     def check(self, max_sequence_length: int, max_texts_per_request: int) -> None:
         """Refuses settings that cannot work with the model and the request limits."""
@@ -79,6 +83,9 @@ class DynamicBatcher:
         self._closed = False
         self.batches_run = 0
         self.cancelled_jobs = 0
+        # Calls in the latest batch and when their results went out (for the expected batch size).
+        self._last_batch_jobs = 0
+        self._last_batch_end = float("-inf")
         # Called by the worker with the number of texts of each batch it ran (for metrics).
         self.on_batch: Callable[[int], None] | None = None
         self._worker = threading.Thread(target=self._work, name=f"{name}-batcher", daemon=True)
@@ -137,7 +144,14 @@ class DynamicBatcher:
                 return []
             batch = [self._queue.popleft()]
             texts, longest = len(batch[0].texts), batch[0].longest
-            deadline = time.monotonic() + self._settings.max_wait_seconds
+            last_arrival = time.monotonic()
+            deadline = last_arrival + self._settings.max_wait_seconds
+            # Callers the previous batch just answered come back with their next call within moments.
+            # Under such steady load the batch waits for as many calls (at most max_wait) instead of
+            # running the few already queued while the others arrive, which would leave them the
+            # next batch and keep alternating a small, costly model call with a big one.
+            recent = last_arrival - self._last_batch_end <= self._settings.max_wait_seconds
+            expected = self._last_batch_jobs if recent else 1
             while True:
                 self._drop_cancelled_head()
                 if self._queue:
@@ -148,8 +162,12 @@ class DynamicBatcher:
                     batch.append(self._queue.popleft())
                     texts += len(candidate.texts)
                     longest = max(longest, candidate.longest)
+                    last_arrival = time.monotonic()
                     continue
-                remaining = deadline - time.monotonic()
+                until = deadline
+                if len(batch) >= expected:  # only a quiet gap more: a lone call is not held long
+                    until = min(deadline, last_arrival + self._settings.arrival_gap_seconds)
+                remaining = until - time.monotonic()
                 if remaining <= 0 or self._closed:
                     break
                 self._condition.wait(remaining)
@@ -176,3 +194,5 @@ class DynamicBatcher:
             for job in batch:
                 job.result.set_result(rows[start : start + len(job.texts)])
                 start += len(job.texts)
+            self._last_batch_jobs = len(batch)
+            self._last_batch_end = time.monotonic()

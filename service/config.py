@@ -47,7 +47,7 @@ class Settings:
     # Dynamic batching of concurrent encoder calls (see service/batching.py).
     dynamic_batching: bool = True
     max_batch_tokens: int = 16384
-    max_batch_wait_ms: float = 2.0
+    max_batch_wait_ms: float = 10.0
     max_queued_texts: int = 8192
     # Concurrent searches of one index with the same k and filter run as one FAISS call.
     search_batching: bool = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -61,6 +62,64 @@ def test_token_budget_limits_the_batch() -> None:
             future.result(timeout=10)
         assert max(sizes) <= 2  # two texts of 50 padded tokens fill the budget of 100
         assert sum(sizes) == 6
+    finally:
+        batcher.close()
+
+
+def recording(sizes: list[int]) -> Callable[[list[str]], np.ndarray]:
+    def model(texts: list[str]) -> np.ndarray:
+        sizes.append(len(texts))
+        return fake_model(texts)
+
+    return model
+
+
+def test_a_lone_call_waits_only_the_arrival_gap() -> None:
+    settings = BatchingSettings(max_wait_seconds=5.0, arrival_gap_seconds=0.002)
+    batcher = DynamicBatcher(fake_model, settings)
+    try:
+        began = time.monotonic()
+        batcher.run(["t-1"], [3])
+        assert time.monotonic() - began < 2.5  # not held for the 5 s max wait
+    finally:
+        batcher.close()
+
+
+def test_callers_answered_together_are_awaited_together() -> None:
+    """After a batch of four calls, four calls arriving one by one (further apart than the arrival
+    gap) still share one model call: the batcher expects the callers it just answered back. Once
+    that batch is long past, calls as far apart run one by one again."""
+    sizes: list[int] = []
+    release = threading.Event()
+
+    def gated(texts: list[str]) -> np.ndarray:
+        release.wait(10)
+        return recording(sizes)(texts)
+
+    batcher = DynamicBatcher(gated, BatchingSettings(max_wait_seconds=1.0, arrival_gap_seconds=0.001))
+    try:
+        held = batcher.submit(["t-0"], [1])
+        while batcher.queued_texts:
+            time.sleep(0.001)  # the worker holds the first call in the model
+        together = [batcher.submit([f"t-{i}"], [1]) for i in range(1, 5)]
+        release.set()
+        for future in [held, *together]:
+            future.result(timeout=10)
+        assert sizes == [1, 4]
+
+        def one_by_one() -> None:
+            futures = []
+            for i in range(4):
+                futures.append(batcher.submit([f"t-{i}"], [1]))
+                time.sleep(0.03)
+            for future in futures:
+                future.result(timeout=10)
+
+        one_by_one()
+        assert sizes == [1, 4, 4]
+        time.sleep(1.1)  # longer than the max wait: the previous callers are not expected any more
+        one_by_one()
+        assert sizes == [1, 4, 4, 1, 1, 1, 1]
     finally:
         batcher.close()
 

@@ -228,9 +228,12 @@ class VecserveClient:
         filter: Mapping[str, Any] | index_pb2.Filter | None = None,
         include_vectors: bool = False,
         timeout: float | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> list[list[index_pb2.SearchHit]]:
         """Hits per query, best first. A str query is text, a float sequence a vector; pass
-        index_pb2.Query(document_id=...) to search with a stored document. See build_filter."""
+        index_pb2.Query(document_id=...) to search with a stored document. See build_filter.
+        ef_search (hnsw) and nprobe (ivf_flat, ivf_pq) override the index's setting for this call."""
         if isinstance(filter, Mapping):
             filter = build_filter(filter)
         request = index_pb2.SearchRequest(
@@ -239,6 +242,8 @@ class VecserveClient:
             k=k,
             filter=filter,
             include_vectors=include_vectors,
+            ef_search=ef_search,
+            nprobe=nprobe,
         )
         response = self.indexes.Search(request, timeout=self._deadline(timeout))
         return [list(result.hits) for result in response.results]

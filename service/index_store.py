@@ -130,6 +130,7 @@ class HnswParams:
 
 
 DEFAULT_NPROBE = 16
+MAX_EF_SEARCH = 4096
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,7 @@ def _check_params(kind: IndexKind, params: KindParams | None, dimension: int) ->
     if isinstance(params, HnswParams):
         check_range(params.m, 2, 256, "hnsw.m")
         check_range(params.ef_construction, 1, 4096, "hnsw.ef_construction")
-        check_range(params.ef_search, 1, 4096, "hnsw.ef_search")
+        check_range(params.ef_search, 1, MAX_EF_SEARCH, "hnsw.ef_search")
     elif isinstance(params, IvfParams | IvfPqParams):
         prefix = "ivf_pq" if isinstance(params, IvfPqParams) else "ivf_flat"
         check_range(params.nlist, 1, 65536, f"{prefix}.nlist")
@@ -340,6 +341,35 @@ def _check_params(kind: IndexKind, params: KindParams | None, dimension: int) ->
             )
         check_range(params.nbits, 1, 16, "ivf_pq.nbits")
     return params
+
+
+# A search's override of the index's ef_search (hnsw) or nprobe (ivf kinds); None keeps the index's.
+SearchTuning = int | None
+
+
+def _search_tuning(spec: IndexSpec, ef_search: int | None, nprobe: int | None) -> SearchTuning:
+    """The per-call override that applies to the index's kind; InvalidArgument for any other."""
+    params = spec.params
+    if ef_search is not None:
+        if not isinstance(params, HnswParams):
+            raise InvalidArgument(
+                f"ef_search applies to hnsw indexes; index {spec.name!r} is {spec.kind.value}", "ef_search"
+            )
+        if not 1 <= ef_search <= MAX_EF_SEARCH:
+            raise InvalidArgument(
+                f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef_search}", "ef_search"
+            )
+    if nprobe is not None:
+        if not isinstance(params, IvfParams | IvfPqParams):
+            raise InvalidArgument(
+                f"nprobe applies to ivf_flat and ivf_pq indexes; index {spec.name!r} is {spec.kind.value}",
+                "nprobe",
+            )
+        if not 1 <= nprobe <= params.nlist:
+            raise InvalidArgument(
+                f"nprobe must be between 1 and the index's nlist {params.nlist}, got {nprobe}", "nprobe"
+            )
+    return ef_search if ef_search is not None else nprobe
 
 
 def _check_vector(values: np.ndarray | Sequence[float], dimension: int, field_name: str) -> np.ndarray:
@@ -976,6 +1006,7 @@ class _Index:
         k: int,
         conditions: Sequence[Condition],
         excluded: Sequence[int | None],
+        tuning: SearchTuning = None,
     ) -> list[list[tuple[int, float]]]:
         """(faiss_id, score) pairs per query, best first; `excluded[i]` is left out of query i's hits."""
         connection = self.reader()
@@ -994,10 +1025,10 @@ class _Index:
             if self._quantized:
                 # Codes give approximate scores: fetch more candidates and re-score them exactly.
                 fetch = max(wanted * RERANK_FACTOR, RERANK_MINIMUM)
-                candidates = self._structure_search(queries, fetch, allowed)
+                candidates = self._structure_search(queries, fetch, allowed, tuning)
                 results = self._rerank(connection, queries, candidates, wanted)
             else:
-                results = self._structure_search(queries, wanted, allowed)
+                results = self._structure_search(queries, wanted, allowed, tuning)
             # An approximate search may find fewer allowed hits than exist (a selective filter
             # starves HNSW's candidate list or IVF's probed lists): search those queries exactly.
             short = [
@@ -1019,7 +1050,7 @@ class _Index:
         return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
     def _structure_search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, tuning: SearchTuning = None
     ) -> list[list[tuple[int, float]]]:
         selector: faiss.IDSelector | None = None
         excluded_selector: faiss.IDSelector | None = None
@@ -1031,9 +1062,9 @@ class _Index:
         # A fresh parameters object per call: FAISS's id map swaps its selector in place.
         params: faiss.SearchParameters | None
         if isinstance(self.spec.params, HnswParams):
-            params = faiss.SearchParametersHNSW(efSearch=max(self.spec.params.ef_search, k))
+            params = faiss.SearchParametersHNSW(efSearch=max(tuning or self.spec.params.ef_search, k))
         elif isinstance(self.spec.params, IvfParams | IvfPqParams) and self.trained:
-            params = faiss.SearchParametersIVF(nprobe=self.spec.params.nprobe)
+            params = faiss.SearchParametersIVF(nprobe=tuning or self.spec.params.nprobe)
         else:
             params = faiss.SearchParameters() if selector is not None else None
         if params is not None and selector is not None:
@@ -1355,13 +1386,20 @@ class IndexStore:
         k: int = 0,
         conditions: Sequence[Condition] = (),
         include_vectors: bool = False,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> list[list[Hit]]:
-        """The k closest documents passing every condition, per query, best first."""
+        """The k closest documents passing every condition, per query, best first.
+
+        ef_search (hnsw) and nprobe (ivf_flat, ivf_pq) override the index's setting for this call;
+        InvalidArgument when out of range or when the index's kind has no such setting.
+        """
         index = self._get(name)
         spec = index.spec
         k = k or DEFAULT_K
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}", "k")
+        tuning = _search_tuning(spec, ef_search, nprobe)
         self._check_count(len(queries), self.max_queries_per_request, "queries")
         query_vectors = np.zeros((len(queries), spec.dimension), dtype=np.float32)
         texts: dict[int, str] = {}
@@ -1400,13 +1438,13 @@ class IndexStore:
                 excluded[position] = row[0]
                 query_vectors[position] = np.frombuffer(row[1], dtype=np.float32)
             if self._coalescer is None:
-                ranked = index.search(query_vectors, k, conditions, excluded)
+                ranked = index.search(query_vectors, k, conditions, excluded, tuning)
             else:
                 ranked = self._coalescer.search(
-                    (id(index), k, repr(conditions)),
+                    (id(index), k, repr(conditions), tuning),
                     query_vectors,
                     excluded,
-                    lambda batch, batch_excluded: index.search(batch, k, conditions, batch_excluded),
+                    lambda batch, batch_excluded: index.search(batch, k, conditions, batch_excluded, tuning),
                 )
             documents = index.documents_by_faiss_id(
                 sorted({faiss_id for hits in ranked for faiss_id, _ in hits}), include_vectors

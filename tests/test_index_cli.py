@@ -240,3 +240,30 @@ def test_the_installed_command_loads_and_searches(address: str, tmp_path: Path) 
     with VecserveClient(address) as client:
         hits = client.search(name, [index_pb2.Query(document_id="paris")], k=4)[0]
         assert "paris" not in {hit.id for hit in hits}
+
+
+def test_search_with_ef_search_and_nprobe(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "articles.jsonl", ARTICLES)
+    graph, lists = unique("cli-hnsw"), unique("cli-ivf")
+    run_cli(capsys, address, "index", "create", graph, "--kind", "hnsw")
+    run_cli(capsys, address, "index", "create", lists, "--kind", "ivf_flat", "--nlist", "4")
+    for name in (graph, lists):
+        run_cli(capsys, address, "add", name, str(source), "--no-progress")
+
+    def top_hit(name: str, *tuning: str) -> str:
+        code, out, err = run_cli(capsys, address, "search", name, "temples in Japan", "--json", *tuning)
+        assert code == 0, err
+        return json.loads(out)[0]["hits"][0]["id"]
+
+    assert top_hit(graph, "--ef-search", "200") == top_hit(graph) == "kyoto"
+    assert top_hit(lists, "--nprobe", "4") == "kyoto"
+    for name, tuning, field in [
+        (graph, ("--nprobe", "2"), "nprobe"),
+        (graph, ("--ef-search", "0"), "ef_search"),
+        (lists, ("--nprobe", "5"), "nprobe"),
+        (lists, ("--ef-search", "20"), "ef_search"),
+    ]:
+        code, _, err = run_cli(capsys, address, "search", name, "temples", *tuning)
+        assert code == 1 and "INVALID_ARGUMENT" in err and field in err, err

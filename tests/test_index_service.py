@@ -391,3 +391,58 @@ def test_restart_restores_everything(tmp_path: Path, encoder: Encoder) -> None:
             assert [h[0].id for h in hits][::2] == ["g0", "g299"] and hits[1][0].id != "g5"
     finally:
         running.stop(grace=5)
+
+
+def recall_at(found: list[list[str]], truth: list[list[str]]) -> float:
+    return sum(len(set(f) & set(t)) for f, t in zip(found, truth, strict=True)) / sum(len(t) for t in truth)
+
+
+def test_search_parameters_per_request_trade_speed_for_recall(client: VecserveClient) -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    ids = [f"v{position}" for position in range(len(vectors))]
+    truth_rows = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    truth = [[ids[row] for row in rows] for rows in truth_rows]
+    documents = [{"id": i, "vector": v.tolist()} for i, v in zip(ids, vectors, strict=True)]
+
+    def recall(name: str, **tuning: int) -> float:
+        results = client.search(name, list(queries), k=10, **tuning)
+        return recall_at([[hit.id for hit in hits] for hits in results], truth)
+
+    graph = unique("tuned-hnsw")
+    client.create_index(
+        graph, dimension=16, metric="inner_product", params=index_pb2.HnswParams(m=4, ef_search=1)
+    )
+    for start in range(0, len(documents), 1000):
+        client.upsert(graph, documents[start : start + 1000])
+    narrow, wide = recall(graph), recall(graph, ef_search=400)
+    assert wide >= 0.95 and wide > narrow
+    assert recall(graph) == narrow  # the override lasts one call
+
+    lists = unique("tuned-ivf")
+    client.create_index(
+        lists, dimension=16, metric="inner_product", params=index_pb2.IvfParams(nlist=8, nprobe=1)
+    )
+    for start in range(0, len(documents), 1000):
+        client.upsert(lists, documents[start : start + 1000])
+    assert client.get_index(lists).trained
+    one_list, every_list = recall(lists), recall(lists, nprobe=8)
+    assert every_list == 1.0 and one_list < every_list
+
+    flat = unique("tuned-flat")
+    client.create_index(flat, dimension=16)
+    client.upsert(flat, documents[:10])
+    for name, tuning, field in [
+        (flat, {"ef_search": 10}, "ef_search"),
+        (flat, {"nprobe": 1}, "nprobe"),
+        (graph, {"nprobe": 1}, "nprobe"),
+        (graph, {"ef_search": 0}, "ef_search"),
+        (graph, {"ef_search": 4097}, "ef_search"),
+        (lists, {"ef_search": 10}, "ef_search"),
+        (lists, {"nprobe": 0}, "nprobe"),
+        (lists, {"nprobe": 9}, "nprobe"),
+    ]:
+        error = status_of(lambda name=name, tuning=tuning: client.search(name, [queries[0]], **tuning))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, tuning)
+        assert field_violations(error) == [field], error.details()

@@ -131,6 +131,18 @@ stores the same documents again instead of duplicating them.""",
         "--like", action="append", default=[], metavar="ID", help="search with a stored document"
     )
     search.add_argument("--vectors", action="store_true", help="include hit vectors (with --json)")
+    search.add_argument(
+        "--ef-search",
+        type=int,
+        metavar="N",
+        help="hnsw: candidate list size for this search, 1 to 4096 (default: the index's)",
+    )
+    search.add_argument(
+        "--nprobe",
+        type=int,
+        metavar="N",
+        help="ivf_flat, ivf_pq: lists visited for this search, 1 to nlist (default: the index's)",
+    )
     search.set_defaults(handler=run_search)
 
 
@@ -490,7 +502,13 @@ def run_search(args: argparse.Namespace) -> int:
     labels = [*args.queries, *(f"like {like}" for like in args.like)]
     with connect(args) as client:
         results = client.search(
-            args.index_name, queries, k=args.k, filter=search_filter, include_vectors=args.vectors
+            args.index_name,
+            queries,
+            k=args.k,
+            filter=search_filter,
+            include_vectors=args.vectors,
+            ef_search=args.ef_search,
+            nprobe=args.nprobe,
         )
     if args.json:
         print_json(

@@ -342,6 +342,8 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             k=request.k,
             conditions=conditions_from_filter(request.filter),
             include_vectors=request.include_vectors,
+            ef_search=request.ef_search if request.HasField("ef_search") else None,
+            nprobe=request.nprobe if request.HasField("nprobe") else None,
         )
         check_response_size(results, self._max_response_bytes)
         return pb.SearchResponse(

@@ -156,7 +156,8 @@ class DefaultVocabulary:
                 log.info("vocabulary of %d words saved to %s", len(words), self.path)
             else:
                 words, vectors = loaded
-            self._vocabulary = Vocabulary.from_vectors(words, vectors)
+            # Kept in wordfreq's order, so analogies can prefer frequent words (see AnalogyScoring).
+            self._vocabulary = Vocabulary.from_vectors(words, vectors, frequency_ordered=True)
             self._ready.set()
             log.info("vocabulary of %d words ready in %.1f s", len(words), time.monotonic() - started)
         except Exception:

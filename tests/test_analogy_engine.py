@@ -11,12 +11,16 @@ import pytest
 
 from service.analogy import (
     COSMUL_EPSILON,
+    DEFAULT_SCORING,
+    TEXTBOOK_SCORING,
     WORD_TEMPLATE,
     AnalogyEngine,
     AnalogyMethod,
+    AnalogyScoring,
     Vocabulary,
     check_k,
     combine_scores,
+    direction_agreement,
     normalize_word,
     top_k,
 )
@@ -62,8 +66,9 @@ def unit(vector: Sequence[float]) -> np.ndarray:
 
 @pytest.fixture
 def hand_engine() -> AnalogyEngine:
+    """Textbook (gensim) scores, so that they can be checked against the published formulas."""
     vocabulary = Vocabulary.from_vectors(list(HAND_BUILT), np.array(list(HAND_BUILT.values())))
-    return AnalogyEngine(HandBuiltEncoder(), lambda _timeout: vocabulary)
+    return AnalogyEngine(HandBuiltEncoder(), lambda _timeout: vocabulary, scoring=TEXTBOOK_SCORING)
 
 
 def test_combine_scores_matches_the_formulas() -> None:
@@ -76,6 +81,78 @@ def test_combine_scores_matches_the_formulas() -> None:
     )
     multiplied = combine_scores(positive, negative, AnalogyMethod.COSMUL)
     assert multiplied == pytest.approx([(0.75 * 1.0) / (0.6 + 1e-6), (0.5 * 0.25) / (0.8 + 1e-6)])
+    # A negative weight scales the negative cosines (COSADD) or is their exponent (COSMUL).
+    assert combine_scores(positive, negative, AnalogyMethod.COSADD, negative_weight=0.5) == pytest.approx(
+        [1.4, -0.8]
+    )
+    assert combine_scores(positive, negative, AnalogyMethod.COSMUL, negative_weight=0.5) == pytest.approx(
+        [0.75 / (0.6**0.5 + 1e-6), 0.125 / (0.8**0.5 + 1e-6)]
+    )
+
+
+def _cosine(left: np.ndarray, right: np.ndarray) -> float:
+    return float(left @ right / (np.linalg.norm(left) * np.linalg.norm(right)))
+
+
+def test_direction_agreement_is_the_mean_offset_cosine() -> None:
+    rng = np.random.default_rng(3)
+    candidates = rng.normal(size=(5, 4))
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
+    a, b, c = (unit(rng.normal(size=4)) for _ in range(3))
+    positives, negatives = np.stack([b, c]), np.stack([a])
+    agreement = direction_agreement(positives @ candidates.T, negatives @ candidates.T, positives, negatives)
+    # For a:b :: c:d, the mean of cos(d - b, c - a) and cos(d - c, b - a).
+    expected = [(_cosine(d - b, c - a) + _cosine(d - c, b - a)) / 2 for d in candidates]
+    assert agreement == pytest.approx(expected, abs=1e-5)
+    # A single positive without negatives has no direction to agree with.
+    assert not direction_agreement(
+        positives[:1] @ candidates.T, np.zeros((0, 5)), b[None], np.zeros((0, 4))
+    ).any()
+
+
+@pytest.mark.parametrize("method", list(AnalogyMethod))
+def test_default_scoring_adds_direction_and_frequency_to_the_weighted_score(method: AnalogyMethod) -> None:
+    words = list(HAND_BUILT)
+    vectors = np.array(list(HAND_BUILT.values()))
+    vocabulary = Vocabulary.from_vectors(words, vectors, frequency_ordered=True)
+    engine = AnalogyEngine(HandBuiltEncoder(), lambda _timeout: vocabulary)  # default scoring
+    answers = engine.solve_analogy(["king", "woman"], ["man"], method, k=4)
+    king, woman, man = (unit(HAND_BUILT[w]) for w in ("king", "woman", "man"))
+    weight = DEFAULT_SCORING.negative_weight
+    for answer in answers:
+        d = unit(HAND_BUILT[answer.word])
+        direction = (_cosine(d - king, woman - man) + _cosine(d - woman, king - man)) / 2
+        adjustment = (
+            DEFAULT_SCORING.direction_weight * direction
+            - DEFAULT_SCORING.frequency_penalty * math.log(1 + words.index(answer.word))
+        )
+        if method is AnalogyMethod.COSADD:
+            base = float(d @ (king + woman - weight * man)) / float(
+                np.linalg.norm(king + woman - weight * man)
+            )
+            expected = base + adjustment
+        else:
+            base = (
+                ((1 + d @ king) / 2)
+                * ((1 + d @ woman) / 2)
+                / (((1 + d @ man) / 2) ** weight + COSMUL_EPSILON)
+            )
+            expected = base * math.exp(adjustment)
+        assert answer.score == pytest.approx(expected, rel=1e-5)
+    # queen and monarch have one vector: the frequency penalty now ranks the earlier (more frequent) first.
+    assert [a.word for a in answers[:2]] == ["queen", "monarch"] and answers[0].score > answers[1].score
+
+
+def test_the_frequency_penalty_applies_only_to_frequency_ordered_vocabularies() -> None:
+    words, vectors = ["queen", "monarch"], np.array([HAND_BUILT["queen"], HAND_BUILT["queen"]])
+    scoring = AnalogyScoring(frequency_penalty=1.0)
+    for ordered, equal in ((False, True), (True, False)):
+        vocabulary = Vocabulary.from_vectors(words, vectors, frequency_ordered=ordered)
+        engine = AnalogyEngine(HandBuiltEncoder(), lambda _timeout, v=vocabulary: v, scoring=scoring)
+        first, second = engine.solve_analogy(["king", "woman"], ["man"], k=2)
+        assert (first.score == second.score) is equal
+        if not equal:
+            assert second.score == pytest.approx(first.score * math.exp(-math.log(2)), rel=1e-6)
 
 
 def test_cosadd_answers_with_the_cosine_to_the_offset_vector(hand_engine: AnalogyEngine) -> None:

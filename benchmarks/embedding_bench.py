@@ -4,6 +4,7 @@ server's interceptors compared with a bare gRPC server."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -11,16 +12,21 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.common import Report, concurrent_calls, gpu_available, median, short_texts
 from clients import VecserveClient
 from tests.server_process import ServerProcess
 
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
 BATCH = 64
 
 
-def in_process_rate(texts: list[str], batch_size: int) -> float:
-    """texts/s of SentenceTransformer.encode on this process's own copy of the default model."""
+@functools.cache
+def reference_model() -> SentenceTransformer:
+    """This process's own copy of the default model, as a user of sentence-transformers loads it."""
     from sentence_transformers import SentenceTransformer
 
     from service.config import default_model_path
@@ -28,6 +34,12 @@ def in_process_rate(texts: list[str], batch_size: int) -> float:
     model = SentenceTransformer(default_model_path(), device="cuda" if gpu_available() else "cpu")
     if gpu_available():
         model.half()
+    return model
+
+
+def in_process_rate(texts: list[str], batch_size: int) -> float:
+    """texts/s of SentenceTransformer.encode on this process's own copy of the default model."""
+    model = reference_model()
     model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up
     began = time.perf_counter()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
@@ -41,6 +53,11 @@ def grpc_batched_rate(address: str, texts: list[str]) -> float:
         for start in range(0, len(texts), BATCH):
             client.embed(texts[start : start + BATCH])
         return len(texts) / (time.perf_counter() - began)
+
+
+def median_run(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """The (rate, p50, p99) run of median rate."""
+    return sorted(runs)[len(runs) // 2]
 
 
 def embed_one(client: VecserveClient, text: str) -> None:
@@ -147,13 +164,16 @@ def run(report: Report) -> None:
             report.add("embed", "gRPC / in-process", remote / local, "ratio", "aim >= 0.9")
 
             concurrent_texts = short_texts(concurrent_count, seed=11)
-            with_rate, with_p50, with_p99 = concurrent_calls(
-                batching.address, concurrent_texts, 32, embed_one
-            )
-            without_rate, without_p50, without_p99 = concurrent_calls(
-                plain.address, concurrent_texts, 32, embed_one
-            )
-            in_process = in_process_rate(concurrent_texts, BATCH)
+            # Rounds interleaved, the median of each side kept: one round on a shared 2-core machine
+            # swings by a third.
+            batched_runs, plain_runs, local_runs = [], [], []
+            for _ in range({"tiny": 1, "quick": 3, "full": 3}[report.size]):
+                batched_runs.append(concurrent_calls(batching.address, concurrent_texts, 32, embed_one))
+                plain_runs.append(concurrent_calls(plain.address, concurrent_texts, 32, embed_one))
+                local_runs.append(in_process_rate(concurrent_texts, BATCH))
+            with_rate, with_p50, with_p99 = median_run(batched_runs)
+            without_rate, without_p50, without_p99 = median_run(plain_runs)
+            in_process = median(local_runs)
             section = "embed-32"
             report.add(section, "32 clients x 1 text/call, dynamic batching", with_rate, "texts/s")
             report.add(section, "  latency p50 / p99", with_p50, "ms", f"p99 {with_p99:.0f} ms")

@@ -95,6 +95,10 @@ HNSW_COMPACT_FRACTION = 0.2
 RERANK_FACTOR = 4
 RERANK_MINIMUM = 32
 DEFAULT_SNAPSHOT_EVERY = 50_000
+# Hit lookups of at most this many ids bind them as parameters (SQLite allows 32,766 per statement).
+INLINE_ID_LIMIT = 500
+# Address space each read connection maps the database file into (the part beyond the file is unused).
+READER_MMAP_BYTES = 1 << 30
 # Rows read from SQLite at a time when (re)building a structure.
 LOAD_CHUNK = 50_000
 # Snapshots carry one CRC-32 per chunk of this size, so start-up verifies them in parallel.
@@ -760,6 +764,9 @@ class _Index:
         if connection is None:
             connection = _connect(self.path / DATABASE_FILE)
             connection.execute("PRAGMA query_only=ON")
+            # Pages read through a shared memory map instead of a read() per page into each thread's
+            # own cache: hit lookups of 10 random documents took 35 instead of 55 us.
+            connection.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
             self._local.connection = connection
             with self._readers_lock:
                 self._readers.append(connection)
@@ -1138,15 +1145,22 @@ class _Index:
         self, faiss_ids: Sequence[int], include_vectors: bool
     ) -> dict[int, tuple[str, str, dict[str, MetadataScalar], np.ndarray | None]]:
         columns = "faiss_id, doc_id, text, metadata" + (", vector" if include_vectors else "")
-        rows = self.reader().execute(
-            f"SELECT {columns} FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(faiss_ids)),),
-        )
+        if len(faiss_ids) <= INLINE_ID_LIMIT:
+            # Bound directly, the ids of one call's hits are found faster than through json_each.
+            rows = self.reader().execute(
+                f"SELECT {columns} FROM documents WHERE faiss_id IN ({','.join('?' * len(faiss_ids))})",
+                list(faiss_ids),
+            )
+        else:
+            rows = self.reader().execute(
+                f"SELECT {columns} FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(faiss_ids)),),
+            )
         return {
             row[0]: (
                 row[1],
                 row[2],
-                json.loads(row[3]),
+                json.loads(row[3]) if row[3] != "{}" else {},
                 np.frombuffer(row[4], dtype=np.float32).copy() if include_vectors else None,
             )
             for row in rows

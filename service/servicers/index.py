@@ -206,14 +206,28 @@ def check_response_size(results: list[list[Hit]], limit: int) -> None:
         )
 
 
-def hit_message(hit: Hit) -> pb.SearchHit:
-    return pb.SearchHit(
-        id=hit.id,
-        score=hit.score,
-        text=hit.text,
-        metadata=_metadata_messages(hit.metadata),
-        vector=hit.vector.tolist() if hit.vector is not None else [],
-    )
+def set_metadata_value(target: pb.MetadataValue, value: MetadataScalar) -> None:
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    else:
+        target.number_value = value
+
+
+def search_response(results: list[list[Hit]]) -> pb.SearchResponse:
+    """Hits are filled into the response in place: building each SearchHit and MetadataValue on its
+    own and copying them in took about 6x longer, a good part of a one-query call."""
+    response = pb.SearchResponse()
+    for hits in results:
+        result = response.results.add()
+        for hit in hits:
+            message = result.hits.add(id=hit.id, score=hit.score, text=hit.text)
+            for key, value in hit.metadata.items():
+                set_metadata_value(message.metadata[key], value)
+            if hit.vector is not None:
+                message.vector.extend(hit.vector.tolist())
+    return response
 
 
 class IndexServicer(pb_grpc.IndexServiceServicer):
@@ -346,6 +360,4 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             nprobe=request.nprobe if request.HasField("nprobe") else None,
         )
         check_response_size(results, self._max_response_bytes)
-        return pb.SearchResponse(
-            results=[pb.QueryResult(hits=[hit_message(hit) for hit in hits]) for hits in results]
-        )
+        return search_response(results)

@@ -17,10 +17,10 @@ tiny / quick / full, four times larger on a GPU; queries 100 / 500 / 1,000):
 Systems:
   vecserve     every index kind through gRPC against a server subprocess, loaded with StreamUpsert
                messages of 1,024 raw vectors (above GRPC_LOAD_LIMIT vectors, built in-process with
-               IndexStore and then served). ef_search and nprobe are fixed when an index is created, so
-               every value tried is an index of its own: HNSW first with the ef hnswlib needed (same
-               M and ef_construction, near-identical recall per ef), then the next cheaper step if that
-               reached recall 0.95 or the next broader one if not; IVF likewise from nlist/8.
+               IndexStore and then served). HNSW and IVF_FLAT are built once and swept with the
+               per-request ef_search and nprobe: HNSW from the ef hnswlib needed (same M and
+               ef_construction, near-identical recall per ef), stepping cheaper while recall 0.95 holds
+               or broader until it does (at most SWEEP_STEPS settings); IVF likewise from nlist/8.
   chromadb     in-process PersistentClient with its default HNSW settings (l2, M=16,
                ef_construction=100, ef_search=100), and when those miss recall 0.95 the smallest
                ef_search that reaches it
@@ -39,6 +39,7 @@ them) vs in-process SentenceTransformer.encode of the same texts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.util
 import json
@@ -75,6 +76,10 @@ FIRST_EF_SEARCH = 128
 EF_STEPS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 # Below this, a process's fixed allocations swamp its growth per vector.
 MIN_VECTORS_FOR_MEMORY = 20_000
+# Settings of ef_search or nprobe tried per swept index, at most.
+SWEEP_STEPS = 4
+# The analogy vocabulary a fresh data directory builds at start-up would compete with the searches.
+SERVER_ENV = {"VECSERVE_VOCABULARY_SIZE": "1"}
 CORPUS_SEED = 2024
 QUERY_SEED = 2025
 WORDS_PER_TEXT = 12
@@ -319,7 +324,8 @@ def build_in_process(data_dir: Path, name: str, setup: Setup, vectors: np.ndarra
 
 
 class VecserveRunner:
-    """Creates, loads, measures and drops one index per setup on a server subprocess."""
+    """Creates, loads and drops one index per setup on a server subprocess; measures it with any number
+    of per-request search settings (ef_search, nprobe) without rebuilding it."""
 
     def __init__(self, dataset: Dataset, scratch: Path, seconds: float) -> None:
         self.dataset = dataset
@@ -341,9 +347,13 @@ class VecserveRunner:
     def _start(data_dir: Path) -> Any:
         from tests.server_process import ServerProcess
 
-        return ServerProcess(data_dir, "--device", "auto").start(timeout=600)
+        # A one-word analogy vocabulary: building the default one would compete with the searches.
+        return ServerProcess(data_dir, "--device", "auto", env=SERVER_ENV).start(timeout=600)
 
-    def run(self, setup: Setup) -> Result:
+    @contextlib.contextmanager
+    def serving(self, setup: Setup) -> Iterator[Callable[..., Result]]:
+        """Yields measure(label, **tuning): a Result of the loaded index searched with `tuning`
+        (ef_search or nprobe per request; none for the index's own settings)."""
         import shutil
 
         from clients import VecserveClient
@@ -367,30 +377,35 @@ class VecserveRunner:
                     load_note = f"loaded through gRPC at {load_rate:,.0f} vectors/s"
                 info = client.get_index(name)
                 assert info.document_count == count, (info.document_count, count)
-
-                def search_many(queries: np.ndarray) -> list[list[int]]:
-                    return [[int(hit.id) for hit in hits] for hits in client.search(name, list(queries), k=K)]
-
-                def search_one(query: np.ndarray) -> list[int]:
-                    return search_many(query[None, :])[0]
-
                 trained = "" if not info.training_threshold or info.trained else ", not trained (exact)"
-                result = measure(
-                    f"vecserve {setup.label}",
-                    search_one,
-                    search_many,
-                    self.dataset,
-                    self.seconds,
-                    per_million(info.memory_bytes, count),
-                    load_note + trained,
-                )
+
+                def measure_tuned(label: str, **tuning: int) -> Result:
+                    def search_many(queries: np.ndarray) -> list[list[int]]:
+                        results = client.search(name, list(queries), k=K, **tuning)
+                        return [[int(hit.id) for hit in hits] for hits in results]
+
+                    def search_one(query: np.ndarray) -> list[int]:
+                        return search_many(query[None, :])[0]
+
+                    result = measure(
+                        f"vecserve {label}",
+                        search_one,
+                        search_many,
+                        self.dataset,
+                        self.seconds,
+                        per_million(info.memory_bytes, count),
+                        load_note + trained,
+                    )
+                    result.breadth = next(iter(tuning.values()), 0)
+                    return result
+
+                yield measure_tuned
                 if not self.in_process:
                     client.delete_index(name)
         finally:
             if self.in_process:
                 server.stop()
                 shutil.rmtree(data_dir)
-        return result
 
 
 def next_ef(ef: int, reached: bool) -> int:
@@ -402,43 +417,66 @@ def next_ef(ef: int, reached: bool) -> int:
     return higher[0] if higher else ef
 
 
+def sweep(measure_at: Callable[[int], Result], first: int, step: Callable[[int, bool], int]) -> None:
+    """Measures at `first`, then steps cheaper while the target recall holds or broader until it is
+    reached, stopping at the first setting on the other side (or after SWEEP_STEPS settings)."""
+    value = first
+    reached = measure_at(value).recall >= TARGET_RECALL
+    for _ in range(SWEEP_STEPS - 1):
+        following = step(value, reached)
+        if following == value:
+            return
+        value = following
+        now_reached = measure_at(value).recall >= TARGET_RECALL
+        if now_reached != reached:
+            return
+
+
+def next_nprobe(lists: int) -> Callable[[int, bool], int]:
+    def step(nprobe: int, reached: bool) -> int:
+        return max(1, nprobe // 2) if reached else min(lists, nprobe * 2)
+
+    return step
+
+
 def vecserve_results(
     report: Report, dataset: Dataset, scratch: Path, seconds: float, first_ef: int
 ) -> list[Result]:
-    """Every kind; HNSW with `first_ef` and its neighbouring step, IVF with two nprobe values."""
+    """Every kind; HNSW and IVF built once each and swept over ef_search and nprobe per request."""
     count = len(dataset.vectors)
     lists = ivf_lists(count)
     results: list[Result] = []
 
-    def add(runner: VecserveRunner, setup: Setup) -> Result:
-        result = runner.run(setup)
+    def add(result: Result) -> Result:
         report_result(report, dataset, result)
         results.append(result)
         return result
 
-    def hnsw(ef_search: int) -> Setup:
-        params = HnswParams(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=ef_search)
-        return Setup("hnsw", params, f"hnsw M={HNSW_M} ef_search={ef_search}")
-
-    def ivf(nprobe: int) -> Setup:
-        return Setup("ivf_flat", IvfParams(nlist=lists, nprobe=nprobe), f"ivf_flat {lists}/{nprobe}")
-
+    hnsw = HnswParams(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION)
+    ivf = IvfParams(nlist=lists)
     with VecserveRunner(dataset, scratch, seconds) as runner:
-        add(runner, Setup("flat", None, "flat"))
-        first = add(runner, hnsw(first_ef))
-        second_ef = next_ef(first_ef, first.recall >= TARGET_RECALL)
-        if second_ef != first_ef:
-            add(runner, hnsw(second_ef))
-        nprobe = max(1, lists // 8)
-        first = add(runner, ivf(nprobe))
-        # A cheaper nprobe after reaching the target recall, a four times broader one otherwise.
-        second = max(1, nprobe // 2) if first.recall >= TARGET_RECALL else min(lists, nprobe * 4)
-        if second != nprobe:
-            add(runner, ivf(second))
-        pq_nprobe = max(nprobe, second)
+        with runner.serving(Setup("flat", None, "flat")) as measure_tuned:
+            add(measure_tuned("flat"))
+        with runner.serving(Setup("hnsw", hnsw, "hnsw")) as measure_tuned:
+            sweep(
+                lambda ef: add(measure_tuned(f"hnsw M={HNSW_M} ef_search={ef}", ef_search=ef)),
+                first_ef,
+                lambda ef, reached: next_ef(ef, reached),
+            )
+        nprobes: list[int] = []
+        with runner.serving(Setup("ivf_flat", ivf, f"ivf_flat {lists}")) as measure_tuned:
+
+            def ivf_at(nprobe: int) -> Result:
+                nprobes.append(nprobe)
+                return add(measure_tuned(f"ivf_flat {lists}/{nprobe}", nprobe=nprobe))
+
+            sweep(ivf_at, max(1, lists // 8), next_nprobe(lists))
+        pq_nprobe = max(nprobes)
         pq = IvfPqParams(nlist=lists, nprobe=pq_nprobe, m=DIMENSION // 8, nbits=8)
-        add(runner, Setup("ivf_pq", pq, f"ivf_pq {lists}/{pq_nprobe} m={pq.m}"))
-        add(runner, Setup("sq8", Sq8Params(), "sq8"))
+        with runner.serving(Setup("ivf_pq", pq, "ivf_pq")) as measure_tuned:
+            add(measure_tuned(f"ivf_pq {lists}/{pq_nprobe} m={pq.m}"))
+        with runner.serving(Setup("sq8", Sq8Params(), "sq8")) as measure_tuned:
+            add(measure_tuned("sq8"))
     return results
 
 

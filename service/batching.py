@@ -39,7 +39,7 @@ class BatchingSettings:
     # The wait for more calls also ends when none has arrived for this long: a lone call is not
     # held for the whole max wait, while a stream of calls (callers answered by the previous
     # batch coming back one after another) keeps the batch open up to it.
-    arrival_gap_seconds: float = 0.002
+    arrival_gap_seconds: float = 0.0005
 
     def check(self, max_sequence_length: int, max_texts_per_request: int) -> None:
         """Refuses settings that cannot work with the model and the request limits."""

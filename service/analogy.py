@@ -274,13 +274,35 @@ def score_analogy(
 ) -> np.ndarray:
     """Scores of every vocabulary word for vectors already in the vocabulary's space (unit rows).
 
-    The one scoring path of both methods: one matrix product gives every cosine, combine_scores
-    folds them, then the adjustments of `scoring` apply.
+    The one scoring path of both methods: one matrix product gives every cosine, then
+    score_similarities folds them.
     """
     queries = np.concatenate([positive_vectors, negative_vectors]).astype(np.float32, copy=False)
     similarities = queries @ vocabulary.vectors.T
-    positive_similarities = similarities[: len(positive_vectors)]
-    negative_similarities = similarities[len(positive_vectors) :]
+    return score_similarities(
+        vocabulary,
+        similarities[: len(positive_vectors)],
+        similarities[len(positive_vectors) :],
+        positive_vectors,
+        negative_vectors,
+        method,
+        scoring,
+    )
+
+
+def score_similarities(
+    vocabulary: Vocabulary,
+    positive_similarities: np.ndarray,
+    negative_similarities: np.ndarray,
+    positive_vectors: np.ndarray,
+    negative_vectors: np.ndarray,
+    method: AnalogyMethod,
+    scoring: AnalogyScoring = TEXTBOOK_SCORING,
+) -> np.ndarray:
+    """Scores from the query words' cosines to every vocabulary word: combine_scores, then the
+    adjustments of `scoring`. Evaluations that score many questions over the same words compute
+    the cosines once and call this directly.
+    """
     offset = positive_vectors.sum(axis=0) - scoring.negative_weight * negative_vectors.sum(axis=0)
     scores = combine_scores(
         positive_similarities,

@@ -11,7 +11,14 @@ import pytest
 from scipy.stats import spearmanr
 
 from clients.cli import main
-from clients.commands.analogy import parse_plot_words, read_similarity_pairs, spearman
+from clients.commands.analogy import (
+    WORD_TEMPLATE,
+    parse_plot_words,
+    project_2d,
+    read_similarity_pairs,
+    spearman,
+)
+from service import analogy
 from service.config import Settings
 from service.encoder import Encoder
 from service.server import RunningServer, create_server
@@ -94,7 +101,9 @@ def test_similar(capsys: pytest.CaptureFixture[str], address: str) -> None:
     assert "sea" in [w["word"] for w in result["words"]]
 
 
-def test_plot_writes_a_readable_png(capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path) -> None:
+def test_plot_writes_a_readable_png(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, encoder: Encoder
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,6 +131,16 @@ def test_plot_writes_a_readable_png(capsys: pytest.CaptureFixture[str], address:
     result = json.loads(printed)
     assert [w["word"] for w in result["words"]] == ["man", "king", "woman", "queen", "boy", "girl"]
     assert result["arrows"] == [["man", "king"], ["woman", "queen"], ["boy", "girl"]]
+    # The points are the words as the analogy service embeds them: distances are kept by the projection
+    # of these six vectors (only up to the signs of its axes, so distances are compared).
+    assert WORD_TEMPLATE == analogy.WORD_TEMPLATE
+    vectors = encoder.encode([WORD_TEMPLATE.format(w["word"]) for w in result["words"]])
+    expected, _ = project_2d(vectors)
+    plotted = np.array([[w["x"], w["y"]] for w in result["words"]])
+    distances = np.linalg.norm(plotted[:, None] - plotted[None], axis=2)
+    np.testing.assert_allclose(
+        distances, np.linalg.norm(expected[:, None] - expected[None], axis=2), atol=1e-4
+    )
 
 
 def test_plot_argument_errors() -> None:

@@ -21,6 +21,9 @@ METHODS = ("cosmul", "cosadd")
 EVAL_WORKERS = 8
 # Arguments of `plot` that name a relation: FROM->TO.
 ARROW = "->"
+# How the analogy service writes a word for the encoder (service.analogy.WORD_TEMPLATE): plotted points
+# are then the vectors that analogies and relation comparisons are computed from.
+WORD_TEMPLATE = '"{}"'
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -328,7 +331,7 @@ def run_plot(args: argparse.Namespace) -> int:
         print("error: give at least two words to plot", file=sys.stderr)
         return 2
     with connect(args) as client:
-        vectors = client.embed_array(words, normalize=True)
+        vectors = client.embed_array([WORD_TEMPLATE.format(word) for word in words], normalize=True)
     points, shares = project_2d(vectors)
     title = args.title or (", ".join(f"{a} → {b}" for a, b in arrows) if arrows else f"{len(words)} words")
     draw_plot(words, points, arrows, args.out, title, shares)

@@ -4,7 +4,8 @@
 
 For each vocabulary size: accuracy on gensim's questions-words.txt (19,544 questions; a question
 whose answer cannot be produced counts as wrong) for 3CosMul and 3CosAdd, per section for the
-default method; Spearman correlation on WordSim353 and SimLex-999; latency of one analogy query
+default method; the same accuracies in process with the textbook (gensim) formulas beside the
+default scoring; Spearman correlation on WordSim353 and SimLex-999; latency of one analogy query
 (end to end through gRPC, and in the engine alone). Vocabularies are kept in --data-dir, so a
 second run does not embed them again.
 """
@@ -30,7 +31,17 @@ from clients.commands.analogy import (
     read_analogy_questions,
     read_similarity_pairs,
 )
-from service.analogy import AnalogyEngine, AnalogyMethod
+from service.analogy import (
+    DEFAULT_SCORING,
+    TEXTBOOK_SCORING,
+    AnalogyEngine,
+    AnalogyMethod,
+    AnalogyScoring,
+    Vocabulary,
+    normalize_word,
+    score_similarities,
+    top_k,
+)
 from service.config import Settings, default_model_path
 from service.encoder import Encoder
 from service.server import create_server
@@ -55,6 +66,37 @@ def latency_ms(call: object, calls: int = LATENCY_CALLS) -> tuple[float, float]:
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
+def scoring_accuracies(
+    encoder: Encoder, vocabulary: Vocabulary, questions: list[AnalogyQuestion]
+) -> dict[tuple[str, str], float]:
+    """Accuracy per (scoring, method) in process, from cosines computed once for every query word."""
+    scorings: dict[str, AnalogyScoring] = {"textbook": TEXTBOOK_SCORING, "default": DEFAULT_SCORING}
+    normalized = [tuple(normalize_word(word) for word in q.words) for q in questions]
+    words = sorted({word for question in normalized for word in question[:3]})
+    vectors = vocabulary.project(encoder.encode([vocabulary.template.format(word) for word in words]))
+    similarities = vectors @ vocabulary.vectors.T
+    row = {word: position for position, word in enumerate(words)}
+    accuracies = {}
+    for scoring_name, scoring in scorings.items():
+        for method in AnalogyMethod:
+            correct = 0
+            for a, b, c, d in normalized:
+                positive, negative = [row[b], row[c]], [row[a]]
+                scores = score_similarities(
+                    vocabulary,
+                    similarities[positive],
+                    similarities[negative],
+                    vectors[positive],
+                    vectors[negative],
+                    method,
+                    scoring,
+                )
+                best = top_k(scores, 1, vocabulary.rows_of([a, b, c]))
+                correct += bool(best) and vocabulary.words[best[0][0]] == d
+            accuracies[(scoring_name, method.value)] = correct / len(questions)
+    return accuracies
+
+
 def bench_size(
     encoder: Encoder,
     size: int,
@@ -74,6 +116,13 @@ def bench_size(
         ready_seconds = time.perf_counter() - began
         how = "embedded" if running.vocabulary.words_embedded else "loaded from disk"
         print(f"\n== vocabulary of {size:,} words: {how} in {ready_seconds:.1f} s")
+        accuracies = scoring_accuracies(encoder, vocabulary, questions)
+        for method in AnalogyMethod:
+            textbook, default = accuracies[("textbook", method.value)], accuracies[("default", method.value)]
+            print(
+                f"in process {method.value}: textbook formulas {textbook:.2%}, default scoring {default:.2%} "
+                f"({default - textbook:+.2%})"
+            )
         with VecserveClient(f"127.0.0.1:{running.port}", timeout=600) as client:
             for method in ("cosmul", "cosadd"):
                 began = time.perf_counter()

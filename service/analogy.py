@@ -36,7 +36,7 @@ MIN_WORDS_TO_CENTER = 1000
 _UNKNOWN_TOKENS = frozenset({"[UNK]", "<unk>", "<UNK>", "<|unk|>"})
 # How a single word is put to the sentence encoder. In quotes, the model reads it as a word named
 # rather than a fragment of a sentence: on questions-words.txt this scores 56.3% against 53.9%
-# for the bare word (30,000 words, 3CosMul); Spearman on WordSim353 0.765 against 0.729, on
+# for the bare word (30,000 words, textbook 3CosMul); Spearman on WordSim353 0.765 against 0.729, on
 # SimLex-999 0.482 against 0.446.
 WORD_TEMPLATE = '"{}"'
 # Document texts of an index are matched as they were embedded: bare.

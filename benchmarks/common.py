@@ -116,10 +116,14 @@ def median(values: list[float]) -> float:
 
 
 def concurrent_calls(
-    address: str, items: Sequence[Any], clients: int, call: Callable[[VecserveClient, Any], object]
+    address: str,
+    items: Sequence[Any],
+    clients: int,
+    call: Callable[[VecserveClient, Any], object],
+    after_warm_up: Callable[[], object] | None = None,
 ) -> tuple[float, float, float]:
     """items/s, p50 and p99 latency (ms) of `clients` threads, each with its own connection, making
-    one call per item (after one warm-up call each)."""
+    one call per item (after one warm-up call each; `after_warm_up` runs just before the timed part)."""
     latencies: list[float] = []
     lock = threading.Lock()
     connections = [VecserveClient(address, timeout=600) for _ in range(clients)]
@@ -136,6 +140,8 @@ def concurrent_calls(
             with lock:
                 latencies.extend(mine)
 
+        if after_warm_up is not None:
+            after_warm_up()
         began = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(worker, range(clients)))

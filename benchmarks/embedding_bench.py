@@ -37,13 +37,24 @@ def reference_model() -> SentenceTransformer:
     return model
 
 
-def in_process_rate(texts: list[str], batch_size: int) -> float:
-    """texts/s of SentenceTransformer.encode on this process's own copy of the default model."""
+def in_process_run(texts: list[str], batch_size: int) -> tuple[float, float]:
+    """texts/s and CPU ms per text of SentenceTransformer.encode on this process's copy of the model."""
     model = reference_model()
     model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
-    return len(texts) / (time.perf_counter() - began)
+    return len(texts) / (time.perf_counter() - began), (time.process_time() - cpu) * 1000 / len(texts)
+
+
+def in_process_rate(texts: list[str], batch_size: int) -> float:
+    """texts/s of SentenceTransformer.encode on this process's own copy of the default model."""
+    return in_process_run(texts, batch_size)[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def grpc_batched_rate(address: str, texts: list[str]) -> float:
@@ -166,11 +177,28 @@ def run(report: Report) -> None:
             concurrent_texts = short_texts(concurrent_count, seed=11)
             # Rounds interleaved, the median of each side kept: one round on a shared 2-core machine
             # swings by a third.
+            # CPU per text is steadier than rates when other jobs share the machine: the server's own
+            # (clients and warm-up calls excluded) against in-process encode's.
             batched_runs, plain_runs, local_runs = [], [], []
+            served_cpu, local_cpu = [], []
+            assert batching.process is not None
             for _ in range({"tiny": 1, "quick": 3, "full": 3}[report.size]):
-                batched_runs.append(concurrent_calls(batching.address, concurrent_texts, 32, embed_one))
+                pid = batching.process.pid
+                marks = []
+                batched_runs.append(
+                    concurrent_calls(
+                        batching.address,
+                        concurrent_texts,
+                        32,
+                        embed_one,
+                        after_warm_up=lambda: marks.append(cpu_seconds(pid)),  # noqa: B023
+                    )
+                )
+                served_cpu.append((cpu_seconds(pid) - marks[0]) * 1000 / len(concurrent_texts))
                 plain_runs.append(concurrent_calls(plain.address, concurrent_texts, 32, embed_one))
-                local_runs.append(in_process_rate(concurrent_texts, BATCH))
+                local_rate, local_ms = in_process_run(concurrent_texts, BATCH)
+                local_runs.append(local_rate)
+                local_cpu.append(local_ms)
             with_rate, with_p50, with_p99 = median_run(batched_runs)
             without_rate, without_p50, without_p99 = median_run(plain_runs)
             in_process = median(local_runs)
@@ -183,6 +211,15 @@ def run(report: Report) -> None:
             report.add(section, "batching on / off", with_rate / without_rate, "ratio", "aim >= 3")
             report.add(
                 section, "batching on / in-process batched", with_rate / in_process, "ratio", "aim >= 0.8"
+            )
+            report.add(section, "CPU per text: server process, batching on", median(served_cpu), "ms")
+            report.add(section, "CPU per text: in-process batched encode", median(local_cpu), "ms")
+            report.add(
+                section,
+                "CPU per text: in-process / served",
+                median(local_cpu) / median(served_cpu),
+                "ratio",
+                "server efficiency, steady under load",
             )
             report.context["median_grpc_rate"] = median(grpc_rates)
         finally:

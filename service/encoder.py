@@ -15,10 +15,15 @@ import numpy as np
 from service import backends
 from service.batching import BatchingSettings, CancelCheck, DynamicBatcher
 from service.errors import Cancelled, InvalidArgument, InvalidSettings
-from service.model_inputs import InputPreparer
+from service.model_inputs import InputPreparer, TextInput
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from tokenizers import Encoding
+
+    # What the batcher carries to the model: a tokenized text, or a text the model's `encode` prepares.
+    ModelInput: TypeAlias = Encoding | TextInput
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +120,28 @@ class Encoder:
             del model[len(model) - 1]
         model.eval()
         self._model = model
+        # Hugging Face tokenizers are not safe for concurrent calls, and the model's own one changes
+        # its settings on every call: the Tokenize RPC splits tokens with a copy of its own.
+        self._tokenizer = copy.deepcopy(model.tokenizer)
+        self._tokenizer_lock = threading.Lock()
         # Each text is tokenized once, in the request thread: the token count (for truncation reports
         # and the batcher's budget) and the model's input come from the same tokenization.
-        self._inputs = InputPreparer(model)
-        self._inputs.check_matches(model)
+        self._inputs: InputPreparer | None = None
+        try:
+            self._inputs = InputPreparer(model)
+            self._inputs.check_matches(model)
+        except InvalidSettings as reason:
+            if backend != backends.TORCH:
+                raise
+            # Served all the same, through the model's own encode: correct, a little slower.
+            log.warning("%s; texts are prepared by sentence-transformers' encode instead", reason)
+            self._inputs = None
         self._backend_run: backends.RunFunction | None = None
         if backend != backends.TORCH:
             assert cache_dir is not None
             loaded = backends.load_backend(backend, model, cache_dir)
             self._backend_run = loaded.run
             dtype = loaded.dtype
-        # Hugging Face tokenizers are not safe for concurrent calls, and the model's own one changes
-        # its settings on every call: the Tokenize RPC splits tokens with a copy of its own.
-        self._tokenizer = copy.deepcopy(model.tokenizer)
-        self._tokenizer_lock = threading.Lock()
         self._model_lock = threading.Lock()
         dimension = (
             model.get_embedding_dimension()
@@ -210,7 +223,7 @@ class Encoder:
 
         `is_cancelled` tells whether the caller has gone; then the model work is skipped (Cancelled)."""
         limit = self.info.max_sequence_length
-        model_inputs, token_counts = self._inputs.prepare(texts)
+        model_inputs, token_counts = self._prepare(texts)
         truncated = [count > limit for count in token_counts]
         if not truncate:
             for position, count in enumerate(token_counts):
@@ -229,17 +242,32 @@ class Encoder:
         """Just the vectors, float32, one row per text (inputs over the limit are cut)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._vectors(self._inputs.prepare(texts)[0], normalize, is_cancelled)
+        return self._vectors(self._prepare(texts)[0], normalize, is_cancelled)
 
-    def prepare(self, texts: Sequence[str]) -> list[Encoding]:
+    @property
+    def tokenizes_once(self) -> bool:
+        """Whether texts are tokenized once (False: the model's preprocessing is left to its encode)."""
+        return self._inputs is not None
+
+    def prepare(self, texts: Sequence[str]) -> list[ModelInput]:
         """The model inputs of texts (tokenized, cut to the limit), as the batcher takes them."""
-        return self._inputs.prepare(texts)[0]
+        return self._prepare(texts)[0]
+
+    def _prepare(self, texts: Sequence[str]) -> tuple[list[ModelInput], list[int]]:
+        """Model inputs and each text's whole token count (special tokens included)."""
+        if self._inputs is not None:
+            return self._inputs.prepare(texts)
+        with self._tokenizer_lock:
+            ids = self._tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+        counts = [len(row) for row in ids]
+        limit = self.info.max_sequence_length
+        return [TextInput(text, min(count, limit)) for text, count in zip(texts, counts, strict=True)], counts
 
     def _vectors(
-        self, model_inputs: list[Encoding], normalize: bool, is_cancelled: CancelCheck | None = None
+        self, model_inputs: list[ModelInput], normalize: bool, is_cancelled: CancelCheck | None = None
     ) -> np.ndarray:
         if self._batcher is not None:
-            vectors = self._batcher.run(model_inputs, [len(item.ids) for item in model_inputs], is_cancelled)
+            vectors = self._batcher.run(model_inputs, [len(item) for item in model_inputs], is_cancelled)
         else:
             with self._model_lock:
                 # The wait for the lock is where a caller may give up.
@@ -251,15 +279,19 @@ class Encoder:
             vectors = vectors / np.maximum(norms, 1e-12)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def _run_model(self, model_inputs: list[Encoding]) -> np.ndarray:
+    def _run_model(self, model_inputs: list[ModelInput]) -> np.ndarray:
         """Raw pooled vectors; called by one thread at a time (the batcher's worker or under the lock)."""
         if self._backend_run is not None:
             return self._backend_run(model_inputs)
+        if self._inputs is None:
+            texts = [item.text for item in model_inputs]
+            encoded = self._model.encode(texts, batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True)
+            return np.asarray(encoded, dtype=np.float32)
         import torch
 
         vectors = np.empty((len(model_inputs), self.dimension), dtype=np.float32)
         # Length-sorted mini-batches pad little, as sentence-transformers' encode does.
-        order = np.argsort([len(item.ids) for item in model_inputs], kind="stable")
+        order = np.argsort([len(item) for item in model_inputs], kind="stable")
         with torch.inference_mode():
             for start in range(0, len(order), ENCODE_BATCH_SIZE):
                 rows = order[start : start + ENCODE_BATCH_SIZE]

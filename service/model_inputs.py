@@ -5,12 +5,14 @@ token count (truncation reports, the batcher's token budget) would tokenize ever
 InputPreparer tokenizes once with its own copy of the model's Rust tokenizer (no truncation, so the
 count is the whole input's), truncates the token sequence as the model's preprocessing would, and later
 pads a batch of sequences into the arrays the model takes. `check_matches` proves on load that these
-arrays equal the model's own preprocessing; a model whose preprocessing differs is refused.
+arrays equal the model's own preprocessing; a model whose preprocessing differs goes through `encode`
+as TextInput instead (and pays the second tokenization).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +37,19 @@ PROBE_TEXTS = (
     "item " * 600,
     "The history of the region is long and complicated. " * 60,
 )
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """A text left to the model's own `encode` to prepare: the route for models whose preprocessing
+    InputPreparer does not reproduce (a default prompt, a tokenizer without a fast version)."""
+
+    text: str
+    # Tokens the model sees (capped at its limit), for the batcher's budget and length sorting.
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def _raw_tokenizer(model: SentenceTransformer) -> Any:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from service.batching import BatchingSettings
 from service.config import default_model_path
 from service.encoder import Encoder, resolve_device
 from service.errors import InvalidArgument, InvalidSettings
@@ -110,3 +111,25 @@ def test_a_model_whose_preprocessing_differs_is_refused(reference_model: Sentenc
     shorter.max_length = 128
     with pytest.raises(InvalidSettings, match="differently"):
         shorter.check_matches(reference_model)
+
+
+def test_a_model_with_a_default_prompt_is_served_through_its_own_encode(tmp_path) -> None:
+    """The preparer cannot reproduce a prompt, so such a model goes through `encode`: same vectors."""
+    prompted = SentenceTransformer(
+        default_model_path(), device="cpu", prompts={"query": "query: "}, default_prompt_name="query"
+    )
+    prompted.save(str(tmp_path / "prompted"))
+    texts = ["hello world", "a quiet harbour at dawn", "word " * 300]
+    expected = prompted.encode(texts, normalize_embeddings=True)
+    # The prompt is applied: the vectors differ from the bare model's.
+    assert not np.allclose(expected[0], Encoder(default_model_path(), device="cpu").encode(texts[:1])[0])
+    encoder = Encoder(str(tmp_path / "prompted"), device="cpu", batching=BatchingSettings())
+    try:
+        assert not encoder.tokenizes_once
+        result = encoder.embed(texts)
+        np.testing.assert_allclose(result.vectors, expected, atol=1e-5)
+        assert result.token_counts[:2] == [4, 7] and result.truncated == [False, False, True]
+        with pytest.raises(InvalidArgument, match="more than the model's maximum"):
+            encoder.embed(texts, truncate=False)
+    finally:
+        encoder.close()

@@ -15,7 +15,7 @@ import enum
 import threading
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +27,8 @@ from service.errors import FailedPrecondition, InvalidArgument, NotFound
 DEFAULT_K = 10
 MAX_K = 1000
 MAX_WORDS_PER_REQUEST = 256
+# Vocabularies built from users' indexes kept in memory (each holds a copy of its index's vectors).
+MAX_CACHED_INDEX_VOCABULARIES = 4
 MAX_WORD_CHARACTERS = 1000
 # gensim's most_similar_cosmul guards the division with this epsilon too.
 COSMUL_EPSILON = 1e-6
@@ -90,6 +92,8 @@ class TextEncoder(Protocol):
 
 # Texts and vectors of a named index, for using a user's index as the vocabulary; raises NotFound.
 IndexVocabularySource = Callable[[str], tuple[list[str], np.ndarray]]
+# Index name -> a value that changes whenever the index's contents may have (see IndexStore.generation).
+IndexGeneration = Callable[[str], Hashable]
 # The default vocabulary, waiting at most `timeout` seconds (None: no limit) while it is built.
 DefaultVocabularySource = Callable[[float | None], "Vocabulary"]
 
@@ -353,7 +357,8 @@ class AnalogyEngine:
     """Analogies, relation comparisons and similar words; safe to call from many threads.
 
     default_vocabulary provides the built-in vocabulary (see service.vocabulary), waiting while
-    it is built; index_vocabulary, when given, turns a user's index into a vocabulary.
+    it is built; index_vocabulary, when given, turns a user's index into a vocabulary. With
+    index_generation too, such a vocabulary is built once and reused until the index changes.
     """
 
     def __init__(
@@ -363,11 +368,15 @@ class AnalogyEngine:
         index_vocabulary: IndexVocabularySource | None = None,
         max_words_per_request: int = MAX_WORDS_PER_REQUEST,
         scoring: AnalogyScoring = DEFAULT_SCORING,
+        index_generation: IndexGeneration | None = None,
     ) -> None:
         self._encoder = encoder
         self._scoring = scoring
         self._default_vocabulary = default_vocabulary
         self._index_vocabulary = index_vocabulary
+        self._index_generation = index_generation
+        # Index name -> (its generation, its vocabulary), least recently used first.
+        self._index_vocabularies: OrderedDict[str, tuple[Hashable, Vocabulary]] = OrderedDict()
         self._max_words = max_words_per_request
         # (template, normalized word) -> unit vector, least recently used first; holds checked words only.
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
@@ -429,12 +438,26 @@ class AnalogyEngine:
             return self._default_vocabulary(timeout)
         if self._index_vocabulary is None:
             raise NotFound(f"index {vocabulary_index!r} not found: this server has no index store")
+        # Read before the contents: a write in between makes the entry stale, never wrongly fresh.
+        generation = self._index_generation(vocabulary_index) if self._index_generation else None
+        with self._cache_lock:
+            cached = self._index_vocabularies.get(vocabulary_index)
+            if cached is not None and generation is not None and cached[0] == generation:
+                self._index_vocabularies.move_to_end(vocabulary_index)
+                return cached[1]
         texts, vectors = self._index_vocabulary(vocabulary_index)
         if not texts:
             raise InvalidArgument(
                 f"index {vocabulary_index!r} has no documents to serve as a vocabulary", "vocabulary_index"
             )
-        return Vocabulary.from_vectors(texts, vectors, template=TEXT_TEMPLATE)
+        vocabulary = Vocabulary.from_vectors(texts, vectors, template=TEXT_TEMPLATE)
+        if generation is not None:
+            with self._cache_lock:
+                self._index_vocabularies[vocabulary_index] = (generation, vocabulary)
+                self._index_vocabularies.move_to_end(vocabulary_index)
+                while len(self._index_vocabularies) > MAX_CACHED_INDEX_VOCABULARIES:
+                    self._index_vocabularies.popitem(last=False)
+        return vocabulary
 
     def _embed(self, normalized_words: Sequence[str], template: str = WORD_TEMPLATE) -> np.ndarray:
         """Encoder vectors of checked, normalized words written with template (each embedded once)."""

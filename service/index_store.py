@@ -36,6 +36,7 @@ import binascii
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
 import logging
 import math
@@ -734,10 +735,17 @@ class _PreparedDocument:
     vector: np.ndarray | None
 
 
+# Numbers each opened index, so that a deleted and re-created index never looks like the old one.
+_INDEX_SERIALS = itertools.count(1)
+
+
 class _Index:
     """One open index: its record (SQLite), its search structure (FAISS) and their locks."""
 
     def __init__(self, path: Path, spec: IndexSpec, snapshot_every: int) -> None:
+        self.serial = next(_INDEX_SERIALS)
+        # Bumped by every write and delete (under the write lock): what readers' caches compare.
+        self.version = 0
         self.path = path
         self.spec = spec
         self.snapshot_every = snapshot_every
@@ -963,6 +971,7 @@ class _Index:
         self.structure.add_with_ids(np.stack([d.vector for d in documents]), new_ids)  # type: ignore[misc]
         self.document_count += len(documents) - len(old_ids)
         self.changes_since_snapshot += len(documents) + len(old_ids)
+        self.version += 1
         self.structure = self._maybe_train(self.structure)
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -971,6 +980,7 @@ class _Index:
         self._remove(self.structure, old_ids)
         self.document_count -= len(old_ids)
         self.changes_since_snapshot += len(old_ids)
+        self.version += 1
         return len(old_ids)
 
     @staticmethod
@@ -1476,6 +1486,12 @@ class IndexStore:
             ]
             for hits in ranked
         ]
+
+    def generation(self, name: str) -> tuple[int, int]:
+        """Changes whenever the index's documents may have changed (a write, a delete, or the index
+        deleted and created again): lets callers cache what they derive from its contents."""
+        index = self._get(name)
+        return index.serial, index.version
 
     def texts_and_vectors(self, name: str) -> tuple[list[str], np.ndarray]:
         """Every document that has text: the texts and their stored float32 vectors, in insertion order."""

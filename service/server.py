@@ -124,7 +124,9 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         settings.vocabulary_size,
         info.dimension,
     )
-    engine = AnalogyEngine(encoder, vocabulary, index_vocabulary=store.texts_and_vectors)
+    engine = AnalogyEngine(
+        encoder, vocabulary, index_vocabulary=store.texts_and_vectors, index_generation=store.generation
+    )
     analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(engine), server)
     service_names.append(_service_name(analogy_pb2, "AnalogyService"))
 

@@ -12,6 +12,7 @@ import pytest
 from service.analogy import (
     COSMUL_EPSILON,
     DEFAULT_SCORING,
+    TEXT_TEMPLATE,
     TEXTBOOK_SCORING,
     WORD_TEMPLATE,
     AnalogyEngine,
@@ -26,7 +27,7 @@ from service.analogy import (
 )
 from service.encoder import Encoder, Token, TokenizedText
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
-from service.index_store import check_name
+from service.index_store import Document, IndexStore, check_name
 from service.vocabulary import VOCABULARY_DIRECTORY, DefaultVocabulary, english_words, model_key
 
 # Axes: person, royal, female, fruit.
@@ -335,3 +336,44 @@ def test_a_call_during_the_build_reports_progress_then_succeeds(encoder: Encoder
     with pytest.raises(FailedPrecondition, match="still being built"):
         vocabulary(timeout=0)
     assert len(vocabulary(timeout=300)) == 1500
+
+
+def test_an_index_vocabulary_is_built_once_until_the_index_changes(encoder: Encoder, tmp_path: Path) -> None:
+    store = IndexStore(tmp_path)
+    reads: list[str] = []
+
+    def read_index(name: str) -> tuple[list[str], np.ndarray]:
+        reads.append(name)
+        return store.texts_and_vectors(name)
+
+    def add(words: Sequence[str]) -> None:
+        vectors = encoder.encode([TEXT_TEMPLATE.format(w) for w in words])
+        store.upsert("fruit", [Document(id=w, text=w, vector=v) for w, v in zip(words, vectors, strict=True)])
+
+    engine = AnalogyEngine(
+        encoder,
+        lambda _timeout: pytest.fail("the default vocabulary is not asked for"),
+        index_vocabulary=read_index,
+        index_generation=store.generation,
+    )
+    try:
+        store.create_index("fruit", dimension=encoder.dimension)
+        add(["banana", "apple", "car"])
+
+        def nearest(word: str) -> str:
+            return engine.find_similar_words([word], k=1, vocabulary_index="fruit")[0][0].word
+
+        assert nearest("mango") in {"banana", "apple"}
+        assert nearest("truck") == "car"
+        assert reads == ["fruit"]  # the second call reused the vocabulary
+        add(["mango"])
+        assert nearest("mangoes") == "mango"  # a write is seen at once
+        store.delete_documents("fruit", ["mango"])
+        assert nearest("mangoes") != "mango"
+        store.delete_index("fruit")
+        store.create_index("fruit", dimension=encoder.dimension)
+        add(["violin"])
+        assert nearest("cello") == "violin"  # a re-created index is a new vocabulary
+        assert reads == ["fruit"] * 4
+    finally:
+        store.close()

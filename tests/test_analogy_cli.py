@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 from clients.cli import main
 from clients.commands.analogy import (
     WORD_TEMPLATE,
+    draw_plot,
     parse_plot_words,
     project_2d,
     read_similarity_pairs,
@@ -243,3 +244,17 @@ def test_spearman_matches_scipy() -> None:
         left = generator.integers(0, 5, size=40).astype(float)  # many ties
         right = left + generator.normal(0, 2, size=40)
         assert spearman(left, right) == pytest.approx(spearmanr(left, right).correlation, abs=1e-12)
+
+
+def test_plot_labels_of_words_at_nearly_the_same_place_do_not_overlap(tmp_path: Path) -> None:
+    words = ["man", "woman", "king", "queen", "germany", "berlin"]
+    # Pairs of words almost on top of each other, as in real projections (man/woman, germany/berlin).
+    points = np.array([[0.0, 0.0], [0.01, -0.005], [1.0, 0.1], [1.0, 0.09], [0.5, 0.8], [0.52, 0.81]])
+    labels = draw_plot(
+        words, points, [("man", "king")], tmp_path / "crowded.png", "crowded", np.array([0.6, 0.3])
+    )
+    assert len(labels) == len(words)
+    for first in range(len(labels)):
+        for second in range(first + 1, len(labels)):
+            assert not labels[first].overlaps(labels[second]), (words[first], words[second])
+    assert (tmp_path / "crowded.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

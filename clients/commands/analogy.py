@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.transforms import Bbox
 
 from clients.client import VecserveClient
 from clients.commands.shared import connect, print_json
@@ -270,7 +273,9 @@ def draw_plot(
     out: Path,
     title: str,
     variance_shares: np.ndarray,
-) -> None:
+) -> list[Bbox]:
+    """Saves the plot as PNG; returns where the labels went (display coordinates), none overlapping
+    another when there is room around the points."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display needed
@@ -297,28 +302,57 @@ def draw_plot(
             zorder=2,
         )
     span = float(np.ptp(points, axis=0).max()) or 1.0
-    for word, point in position.items():
-        axes.annotate(
-            word,
-            xy=point,
-            xytext=(6, 6),
-            textcoords="offset points",
-            fontsize=12,
-            fontweight="bold" if word in in_arrow else "normal",
-            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.75},
-            zorder=4,
-        )
     margin = 0.15 * span
-    axes.set_xlim(points[:, 0].min() - margin, points[:, 0].max() + 2 * margin)
+    axes.set_xlim(points[:, 0].min() - 2 * margin, points[:, 0].max() + 2 * margin)
     axes.set_ylim(points[:, 1].min() - margin, points[:, 1].max() + margin)
     axes.set_xlabel(f"principal component 1 ({variance_shares[0]:.0%} of variance)")
     axes.set_ylabel(f"principal component 2 ({variance_shares[1]:.0%} of variance)")
     axes.set_title(title, fontsize=13)
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    placed: list[Bbox] = []
+    for word, point in position.items():
+        placed.append(_place_label(axes, renderer, word, point, word in in_arrow, placed))
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, format="png")
     plt.close(figure)
+    return placed
+
+
+# Where a label may go around its point (offset in points, horizontal and vertical alignment), in order
+# of preference: close first, then further out, so that words at nearly the same place stay readable.
+LABEL_SPOTS = [
+    ((dx * distance, dy * distance), "left" if dx > 0 else "right", "bottom" if dy > 0 else "top")
+    for distance in (6, 16, 28)
+    for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1))
+]
+
+
+def _place_label(
+    axes: Any, renderer: Any, word: str, point: np.ndarray, bold: bool, taken: list[Bbox]
+) -> Bbox:
+    """Draws word's label at the first spot around point that overlaps no label drawn before it."""
+    label = None
+    for offset, horizontal, vertical in LABEL_SPOTS:
+        if label is not None:
+            label.remove()
+        label = axes.annotate(
+            word,
+            xy=point,
+            xytext=offset,
+            textcoords="offset points",
+            ha=horizontal,
+            va=vertical,
+            fontsize=12,
+            fontweight="bold" if bold else "normal",
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.75},
+            zorder=4,
+        )
+        extent = label.get_window_extent(renderer)
+        if not any(extent.overlaps(other) for other in taken):
+            return extent
+    return extent  # every spot is taken: keep the last, furthest one
 
 
 def run_plot(args: argparse.Namespace) -> int:

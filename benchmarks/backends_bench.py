@@ -176,11 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     began = time.perf_counter()
     run(report, args.cache_dir)
-    report.context["seconds"] = round(time.perf_counter() - began, 1)
-    report.print_table()
-    if args.json_out:
-        report.write_json(args.json_out)
-        print(f"\nwrote {args.json_out}")
+    report.finish(began, args.json_out)
     return 0
 
 

@@ -63,6 +63,15 @@ class Report:
         for r in self.rows:
             print(f"{r.section:<14} {r.name:<58} {format_value(r.value):>12} {r.unit:<9} {r.note}")
 
+    def finish(self, began: float, json_out: Path | None) -> None:
+        """Records the run's duration (since perf_counter() was `began`), prints the table and writes
+        the JSON file when one is named."""
+        self.context["seconds"] = round(time.perf_counter() - began, 1)
+        self.print_table()
+        if json_out is not None:
+            self.write_json(json_out)
+            print(f"\nwrote {json_out} ({self.context['seconds']} s)")
+
 
 def format_value(value: float) -> str:
     if value == 0 or abs(value) >= 100:

@@ -308,10 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             m=args.hnsw_m, ef_construction=args.hnsw_ef_construction, ef_search=args.hnsw_ef_search
         ),
     )
-    report.context["seconds"] = round(time.perf_counter() - began, 1)
-    report.print_table()
-    report.write_json(args.json_out)
-    print(f"\nwrote {args.json_out} ({report.context['seconds']} s)")
+    report.finish(began, args.json_out)
     return 0
 
 

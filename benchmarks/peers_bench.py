@@ -832,10 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(size=args.size, context=machine_context())
     began = time.perf_counter()
     run(report, args.datasets, bulk=not args.no_bulk)
-    report.context["seconds"] = round(time.perf_counter() - began, 1)
-    report.print_table()
-    report.write_json(args.json_out)
-    print(f"\nwrote {args.json_out} ({report.context['seconds']} s)")
+    report.finish(began, args.json_out)
     return 0
 
 

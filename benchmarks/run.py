@@ -32,10 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         suite_seconds[name] = round(time.perf_counter() - suite_began, 1)
         print(f"== {name}: {suite_seconds[name]} s", flush=True)
     report.context["suite_seconds"] = suite_seconds
-    report.context["seconds"] = round(time.perf_counter() - began, 1)
-    report.print_table()
-    report.write_json(args.json_out)
-    print(f"\nwrote {args.json_out} ({report.context['seconds']} s)")
+    report.finish(began, args.json_out)
     return 0
 
 

@@ -1,9 +1,15 @@
 """Dynamic batching: concurrent encode calls are gathered into one model call by a worker thread.
 
-Callers submit items (tokenized texts) with their token lengths; the worker takes what is queued
+Callers submit items (tokenized texts) with their token lengths; a worker takes what is queued
 (waiting at most `max_wait_seconds` for more while the batch is small), stops when the padded token
 budget would be exceeded, runs the batch in one call, and hands each caller its own rows. The queue is
 bounded: when it is full, submit raises Overloaded at once instead of letting callers wait without end.
+
+With several workers, one gathers the next batch while the others run theirs: the model computes
+while the callers of the previous batch are answered and send their next texts, which a single
+worker would wait for with the model idle. Batches are formed one at a time, each from at most an
+even share of the recent demand, so that concurrent callers are spread over the workers instead of
+all riding one batch.
 A job whose caller has gone (its `is_cancelled` says so) is dropped when it reaches the head of the
 queue instead of spending model time nobody waits for.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +37,9 @@ BatchFunction = Callable[[list[Any]], np.ndarray]
 # Tells whether the caller of a job has gone away (for example: its RPC was cancelled or timed out).
 CancelCheck = Callable[[], bool]
 
+AUTO_MODEL_WORKERS = 0
+MAX_MODEL_WORKERS = 16
+
 
 @dataclass(frozen=True)
 class BatchingSettings:
@@ -40,6 +50,9 @@ class BatchingSettings:
     # held for the whole max wait, while a stream of calls (callers answered by the previous
     # batch coming back one after another) keeps the batch open up to it.
     arrival_gap_seconds: float = 0.0005
+    # Threads running batches at the same time (each model call still uses torch's own threads);
+    # AUTO_MODEL_WORKERS leaves the choice to the encoder, which knows whether its model allows it.
+    model_workers: int = 1
 
     def check(self, max_sequence_length: int, max_texts_per_request: int) -> None:
         """Refuses settings that cannot work with the model and the request limits."""
@@ -57,6 +70,11 @@ class BatchingSettings:
                 f"the batch queue ({self.max_queued_texts} texts) must hold at least one full request "
                 f"({max_texts_per_request} texts)"
             )
+        if not AUTO_MODEL_WORKERS <= self.model_workers <= MAX_MODEL_WORKERS:
+            raise InvalidSettings(
+                f"model workers must be between 1 and {MAX_MODEL_WORKERS} ({AUTO_MODEL_WORKERS}: chosen "
+                f"for the model), got {self.model_workers}"
+            )
 
 
 @dataclass
@@ -72,9 +90,11 @@ class _Job:
 
 
 class DynamicBatcher:
-    """Gathers concurrent jobs into batches for one worker thread that owns the model."""
+    """Gathers concurrent jobs into batches for the worker threads that run the model."""
 
     def __init__(self, run_batch: BatchFunction, settings: BatchingSettings, name: str = "encoder") -> None:
+        if settings.model_workers < 1:
+            raise ValueError(f"a batcher needs at least one worker, got {settings.model_workers}")
         self._run_batch = run_batch
         self._settings = settings
         self._queue: collections.deque[_Job] = collections.deque()
@@ -86,14 +106,27 @@ class DynamicBatcher:
         # Calls in the latest batch and when their results went out (for the expected batch size).
         self._last_batch_jobs = 0
         self._last_batch_end = float("-inf")
-        # Called by the worker with the number of texts of each batch it ran (for metrics).
+        # Calls in each worker's latest batch: together, about how many callers keep the model busy.
+        self._worker_batch_jobs = [0] * settings.model_workers
+        # Only one worker gathers a batch at a time; the others wait for that turn or run theirs.
+        self._gathering = False
+        self._running = 0
+        # Called by a worker with the number of texts of each batch it ran (for metrics).
         self.on_batch: Callable[[int], None] | None = None
-        self._worker = threading.Thread(target=self._work, name=f"{name}-batcher", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._work, args=(index,), name=f"{name}-batcher-{index}", daemon=True)
+            for index in range(settings.model_workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     @property
     def queued_texts(self) -> int:
         return self._queued_texts
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
 
     def submit(
         self, texts: Sequence[Any], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
@@ -111,7 +144,8 @@ class DynamicBatcher:
                 )
             self._queue.append(job)
             self._queued_texts += len(job.texts)
-            self._condition.notify()
+            # Every waiter rechecks: the gathering worker and the ones waiting for their turn alike.
+            self._condition.notify_all()
         return job.result
 
     def run(
@@ -122,8 +156,9 @@ class DynamicBatcher:
     def close(self) -> None:
         with self._condition:
             self._closed = True
-            self._condition.notify()
-        self._worker.join(timeout=30)
+            self._condition.notify_all()
+        for worker in self._workers:
+            worker.join(timeout=30)
 
     def _drop_cancelled_head(self) -> None:
         """Drops the jobs at the head of the queue whose caller has gone (call with the lock held)."""
@@ -134,47 +169,73 @@ class DynamicBatcher:
             job.result.set_exception(Cancelled("the call ended before its texts reached the model"))
 
     def _take_batch(self) -> list[_Job]:
-        """Blocks for the first job, then gathers more within the token budget and the wait."""
+        """Waits for the gathering turn and the first job, then gathers more within the token budget,
+        the worker's share of the demand and the wait."""
         with self._condition:
-            self._drop_cancelled_head()
-            while not self._queue and not self._closed:
+            while self._gathering and not self._closed:
                 self._condition.wait()
-                self._drop_cancelled_head()
-            if not self._queue:
-                return []
-            batch = [self._queue.popleft()]
-            texts, longest = len(batch[0].texts), batch[0].longest
-            last_arrival = time.monotonic()
-            deadline = last_arrival + self._settings.max_wait_seconds
-            # Callers the previous batch just answered come back with their next call within moments.
-            # Under such steady load the batch waits for as many calls (at most max_wait) instead of
-            # running the few already queued while the others arrive, which would leave them the
-            # next batch and keep alternating a small, costly model call with a big one.
-            recent = last_arrival - self._last_batch_end <= self._settings.max_wait_seconds
-            expected = self._last_batch_jobs if recent else 1
-            while True:
-                self._drop_cancelled_head()
-                if self._queue:
-                    candidate = self._queue[0]
-                    padded = (texts + len(candidate.texts)) * max(longest, candidate.longest)
-                    if padded > self._settings.max_batch_tokens:
-                        break
-                    batch.append(self._queue.popleft())
-                    texts += len(candidate.texts)
-                    longest = max(longest, candidate.longest)
-                    last_arrival = time.monotonic()
-                    continue
-                until = deadline
-                if len(batch) >= expected:  # only a quiet gap more: a lone call is not held long
-                    until = min(deadline, last_arrival + self._settings.arrival_gap_seconds)
-                remaining = until - time.monotonic()
-                if remaining <= 0 or self._closed:
-                    break
-                self._condition.wait(remaining)
-            self._queued_texts -= texts
-            return batch
+            self._gathering = True
+            try:
+                return self._gather()
+            finally:
+                self._gathering = False
+                self._condition.notify_all()
 
-    def _work(self) -> None:
+    def _gather(self) -> list[_Job]:
+        """The batch of the worker holding the gathering turn (call with the lock held)."""
+        self._drop_cancelled_head()
+        while not self._queue and not self._closed:
+            self._condition.wait()
+            self._drop_cancelled_head()
+        if not self._queue:
+            return []
+        batch = [self._queue.popleft()]
+        texts, longest = len(batch[0].texts), batch[0].longest
+        last_arrival = time.monotonic()
+        deadline = last_arrival + self._settings.max_wait_seconds
+        # Callers the previous batch just answered come back with their next call within moments.
+        # Under such steady load the batch waits for as many calls (at most max_wait) instead of
+        # running the few already queued while the others arrive, which would leave them the
+        # next batch and keep alternating a small, costly model call with a big one.
+        recent = last_arrival - self._last_batch_end <= self._settings.max_wait_seconds
+        expected = self._last_batch_jobs if recent else 1
+        while len(batch) < self._share(len(batch)):
+            self._drop_cancelled_head()
+            if self._queue:
+                candidate = self._queue[0]
+                padded = (texts + len(candidate.texts)) * max(longest, candidate.longest)
+                if padded > self._settings.max_batch_tokens:
+                    break
+                batch.append(self._queue.popleft())
+                texts += len(candidate.texts)
+                longest = max(longest, candidate.longest)
+                last_arrival = time.monotonic()
+                continue
+            until = deadline
+            # Only a quiet gap more once the expected calls are in: a lone call is not held long.
+            if len(batch) >= min(expected, self._share(len(batch))):
+                until = min(deadline, last_arrival + self._settings.arrival_gap_seconds)
+            remaining = until - time.monotonic()
+            if remaining <= 0 or self._closed:
+                break
+            self._condition.wait(remaining)
+        self._queued_texts -= texts
+        self._running += 1
+        return batch
+
+    def _share(self, taken: int) -> float:
+        """The most jobs the batch being gathered (`taken` so far) may hold (call with the lock held).
+
+        An even share, among the workers free to run a batch now, of the callers seen lately (or of
+        the queue, when a burst outgrows them): free workers split concurrent callers instead of one
+        batch taking them all. A worker gathering while all the others are busy may take every caller."""
+        free = len(self._workers) - self._running
+        if free <= 1:
+            return math.inf
+        demand = max(sum(self._worker_batch_jobs), taken + len(self._queue))
+        return math.ceil(demand / free)
+
+    def _work(self, index: int) -> None:
         while True:
             batch = self._take_batch()
             if not batch:
@@ -184,15 +245,20 @@ class DynamicBatcher:
                 rows = self._run_batch(texts)
             except Exception as error:  # the callers get the error; the worker lives on
                 log.exception("batch of %d texts failed", len(texts))
+                with self._condition:
+                    self._running -= 1
                 for job in batch:
                     job.result.set_exception(error)
                 continue
-            self.batches_run += 1
+            with self._condition:
+                self._running -= 1
+                self.batches_run += 1
+                self._last_batch_jobs = len(batch)
+                self._last_batch_end = time.monotonic()
+                self._worker_batch_jobs[index] = len(batch)
             if self.on_batch is not None:
                 self.on_batch(len(texts))
             start = 0
             for job in batch:
                 job.result.set_result(rows[start : start + len(job.texts)])
                 start += len(job.texts)
-            self._last_batch_jobs = len(batch)
-            self._last_batch_end = time.monotonic()

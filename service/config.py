@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.backends import BACKENDS, TORCH
-from service.batching import BatchingSettings
+from service.batching import AUTO_MODEL_WORKERS, BatchingSettings
 from service.errors import InvalidSettings
 from service.logging_setup import LOG_FORMATS
 
@@ -49,6 +49,8 @@ class Settings:
     max_batch_tokens: int = 16384
     max_batch_wait_ms: float = 10.0
     max_queued_texts: int = 8192
+    # Batches the model runs at the same time; 0 lets the encoder choose (see Encoder).
+    model_workers: int = AUTO_MODEL_WORKERS
     # Concurrent searches of one index with the same k and filter run as one FAISS call.
     search_batching: bool = True
     # Documents per upsert or delete call (and per streamed message).
@@ -122,6 +124,7 @@ class Settings:
             max_batch_tokens=self.max_batch_tokens,
             max_wait_seconds=self.max_batch_wait_ms / 1000,
             max_queued_texts=self.max_queued_texts,
+            model_workers=self.model_workers,
         )
 
     @property

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from clients import VecserveClient
-from service.batching import BatchingSettings
+from service.batching import AUTO_MODEL_WORKERS, BatchingSettings
 from service.config import Settings, default_model_path
 from service.encoder import Encoder
 from service.server import RunningServer, create_server
@@ -16,8 +16,11 @@ from service.server import RunningServer, create_server
 
 @pytest.fixture(scope="session")
 def encoder() -> Iterator[Encoder]:
-    """The real default model on the CPU with dynamic batching, loaded once for the whole session."""
-    loaded = Encoder(default_model_path(), device="cpu", batching=BatchingSettings())
+    """The real default model on the CPU with dynamic batching as served (model workers chosen by the
+    encoder), loaded once for the whole session."""
+    loaded = Encoder(
+        default_model_path(), device="cpu", batching=BatchingSettings(model_workers=AUTO_MODEL_WORKERS)
+    )
     yield loaded
     loaded.close()
 

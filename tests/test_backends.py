@@ -18,7 +18,7 @@ from sentence_transformers import SentenceTransformer
 
 from clients import VecserveClient
 from service import backends
-from service.batching import BatchingSettings
+from service.batching import AUTO_MODEL_WORKERS, BatchingSettings
 from service.config import Settings, default_model_path
 from service.encoder import Encoder
 from service.errors import InvalidSettings
@@ -51,7 +51,7 @@ def int8_encoder(model_cache: Path) -> Iterator[Encoder]:
     loaded = Encoder(
         default_model_path(),
         device="cpu",
-        batching=BatchingSettings(),
+        batching=BatchingSettings(model_workers=AUTO_MODEL_WORKERS),
         backend=backends.OPENVINO_INT8,
         cache_dir=model_cache,
     )
@@ -129,6 +129,16 @@ def test_second_load_reuses_the_cached_build(int8_encoder: Encoder, model_cache:
     assert any(path.name == "model.xml" for path in before)
     again = Encoder(default_model_path(), device="cpu", backend=backends.OPENVINO_INT8, cache_dir=model_cache)
     assert again.info.dtype == "int8"
+    # Its streams already use every core, one batch at a time: a second model worker is refused.
+    assert int8_encoder.batcher is not None and int8_encoder.batcher.workers == 1
+    with pytest.raises(InvalidSettings, match="model workers must be 1 here: the openvino-int8 backend"):
+        Encoder(
+            default_model_path(),
+            device="cpu",
+            batching=BatchingSettings(model_workers=2),
+            backend=backends.OPENVINO_INT8,
+            cache_dir=model_cache,
+        )
     # Same files, untouched: nothing was exported or quantized again, and no scratch folder is left.
     assert snapshot() == before
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -165,17 +166,117 @@ def test_model_failure_reaches_the_callers_and_the_worker_survives() -> None:
         batcher.close()
 
 
+def test_workers_run_batches_at_the_same_time() -> None:
+    """Two workers: a second batch starts while the first is still in the model (each model call
+    waits for the other at a barrier, which a single worker could never pass)."""
+    both_running = threading.Barrier(2, timeout=10)
+
+    def meeting_model(texts: list[str]) -> np.ndarray:
+        both_running.wait()
+        return fake_model(texts)
+
+    batcher = DynamicBatcher(meeting_model, BatchingSettings(max_wait_seconds=0, model_workers=2))
+    try:
+        assert batcher.workers == 2
+        first = batcher.submit(["t-1"], [1])
+        second = batcher.submit(["t-2"], [1])
+        assert first.result(timeout=20)[:, 0].tolist() == [1]
+        assert second.result(timeout=20)[:, 0].tolist() == [2]
+    finally:
+        batcher.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_concurrent_callers_are_spread_over_the_workers(workers: int) -> None:
+    """16 callers in a loop: with two workers the batches overlap in time and none holds every caller
+    (one worker takes them all at once); every caller gets its own rows."""
+    sizes: list[int] = []
+    running, most_running = 0, 0
+    lock = threading.Lock()
+
+    def slow_model(texts: list[str]) -> np.ndarray:
+        nonlocal running, most_running
+        with lock:
+            running += 1
+            most_running = max(most_running, running)
+            sizes.append(len(texts))
+        time.sleep(0.02)  # a model call long enough for the other callers to queue behind it
+        with lock:
+            running -= 1
+        return fake_model(texts)
+
+    settings = BatchingSettings(max_wait_seconds=0.05, model_workers=workers)
+    batcher = DynamicBatcher(slow_model, settings)
+    try:
+
+        def caller(number: int) -> None:
+            for round_number in range(12):
+                text = f"t-{number * 100 + round_number}"
+                assert batcher.run([text], [1])[0, 0] == number * 100 + round_number
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(caller, range(16)))
+        assert sum(sizes) == 16 * 12
+        assert most_running == workers
+        if workers == 2:
+            assert max(sizes) < 16
+    finally:
+        batcher.close()
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         (BatchingSettings(max_batch_tokens=100), "max sequence length"),
         (BatchingSettings(max_wait_seconds=2), "between 0 and 1000 ms"),
         (BatchingSettings(max_queued_texts=10), "at least one full request"),
+        (BatchingSettings(model_workers=17), "model workers must be between 1 and 16"),
+        (BatchingSettings(model_workers=-1), "model workers must be between 1 and 16"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(settings: BatchingSettings, message: str) -> None:
     with pytest.raises(InvalidSettings, match=message):
         settings.check(max_sequence_length=256, max_texts_per_request=64)
+
+
+def test_the_served_encoder_runs_two_model_workers(encoder: Encoder) -> None:
+    """Chosen for the torch model on a multi-core CPU (the session's encoder is built as served)."""
+    assert encoder.batcher is not None
+    assert encoder.batcher.workers == (2 if (os.cpu_count() or 1) >= 2 else 1)
+
+
+def test_a_batch_that_starts_beside_another_gets_a_share_of_the_threads(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two concurrent CPU model calls split torch's threads; a call running alone has them all."""
+    import torch
+
+    threads_seen: list[int] = []
+    both_running = threading.Barrier(2, timeout=30)
+    model = encoder._model
+
+    class ThreadRecordingModel:
+        """The real model, called through a wrapper that notes torch's threads as the call sees them."""
+
+        device = model.device
+
+        def __call__(self, features: dict) -> dict:
+            threads_seen.append(torch.get_num_threads())
+            both_running.wait()
+            return model(features)
+
+    monkeypatch.setattr(encoder, "_model", ThreadRecordingModel())
+    inputs = encoder.prepare(["a sentence about manatees", "another about dugongs"])
+    all_threads = encoder._torch_threads
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(encoder._run_model, inputs[:1])
+        while not threads_seen:
+            time.sleep(0.001)  # the first call is in the model before the second starts
+        second = pool.submit(encoder._run_model, inputs[1:])
+        rows = np.vstack([first.result(timeout=60), second.result(timeout=60)])
+    assert threads_seen == [all_threads, max(1, all_threads // 2)]
+    monkeypatch.undo()
+    np.testing.assert_allclose(rows, encoder._run_model(inputs), atol=1e-5)
 
 
 def test_batched_vectors_equal_single_calls(encoder: Encoder) -> None:
@@ -223,8 +324,17 @@ def test_full_queue_gives_resource_exhausted_through_grpc(encoder: Encoder, tmp_
         tiny_queue.close()
 
 
-def test_server_refuses_to_start_with_impossible_batching(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", "--max-batch-tokens", "64")
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--max-batch-tokens", "64"), "must be at least the model's max sequence length"),
+        (("--model-workers", "17"), "model workers must be between 1 and 16"),
+    ],
+)
+def test_server_refuses_to_start_with_impossible_batching(
+    tmp_path: Path, flags: tuple[str, str], message: str
+) -> None:
+    server = ServerProcess(tmp_path / "data", *flags)
     with pytest.raises(RuntimeError, match="exited with 2"):
         server.start(timeout=120)
-    assert "must be at least the model's max sequence length" in server.log()
+    assert message in server.log()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from service.batching import BatchingSettings
+from service.batching import AUTO_MODEL_WORKERS, BatchingSettings
 from service.config import default_model_path
 from service.encoder import Encoder, resolve_device
 from service.errors import InvalidArgument, InvalidSettings
@@ -123,9 +123,14 @@ def test_a_model_with_a_default_prompt_is_served_through_its_own_encode(tmp_path
     expected = prompted.encode(texts, normalize_embeddings=True)
     # The prompt is applied: the vectors differ from the bare model's.
     assert not np.allclose(expected[0], Encoder(default_model_path(), device="cpu").encode(texts[:1])[0])
-    encoder = Encoder(str(tmp_path / "prompted"), device="cpu", batching=BatchingSettings())
+    with pytest.raises(InvalidSettings, match=r"model workers must be 1 here: .* not thread-safe"):
+        Encoder(str(tmp_path / "prompted"), device="cpu", batching=BatchingSettings(model_workers=2))
+    encoder = Encoder(
+        str(tmp_path / "prompted"), device="cpu", batching=BatchingSettings(model_workers=AUTO_MODEL_WORKERS)
+    )
     try:
         assert not encoder.tokenizes_once
+        assert encoder.batcher is not None and encoder.batcher.workers == 1  # its encode is not thread-safe
         result = encoder.embed(texts)
         np.testing.assert_allclose(result.vectors, expected, atol=1e-5)
         assert result.token_counts[:2] == [4, 7] and result.truncated == [False, False, True]

@@ -104,18 +104,21 @@ def test_an_expired_call_is_dropped_from_the_encoder_queue(metered: RunningServe
     batcher = encoder.batcher
     assert batcher is not None
     cancelled_before = batcher.cancelled_jobs
-    # One job is never split, so these 192 full-length texts hold the model for seconds even on a
+    # One job is never split, so 192 full-length texts hold a model worker for seconds even on a
     # fast CPU: long enough for the next call's 0.3 s deadline to pass while it waits in the queue.
     long_texts = [f"sentence number {i} about nothing much " * 40 for i in range(192)]
     long_inputs = encoder.prepare(long_texts)
-    busy = batcher.submit(long_inputs, [len(item.ids) for item in long_inputs])
+    busy = [
+        batcher.submit(long_inputs, [len(item.ids) for item in long_inputs]) for _ in range(batcher.workers)
+    ]
     started = time.monotonic()
     while batcher.queued_texts > 0 and time.monotonic() - started < 30:
-        time.sleep(0.002)  # the worker takes the long job: the model is busy from here on
+        time.sleep(0.002)  # the workers take the long jobs: the model is busy from here on
     with VecserveClient(address) as client, pytest.raises(grpc.RpcError) as caught:
         client.embed(["too late"], timeout=0.3)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    busy.result(timeout=300)
+    for job in busy:
+        job.result(timeout=300)
     deadline = time.monotonic() + 10
     while batcher.cancelled_jobs == cancelled_before and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -100,6 +100,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "with RESOURCE_EXHAUSTED (VECSERVE_MAX_QUEUED_TEXTS)",
     )
     parser.add_argument(
+        "--model-workers",
+        type=int,
+        help="batches the model runs at the same time, so that one is computed while the next is "
+        "gathered (VECSERVE_MODEL_WORKERS; default 0: 2 for torch on a multi-core machine, else 1)",
+    )
+    parser.add_argument(
         "--tokens-file",
         help="require bearer tokens: a file of 'ROLE TOKEN' lines, role read or write "
         "(VECSERVE_TOKENS_FILE; default: no authentication)",

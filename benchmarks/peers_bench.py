@@ -89,6 +89,8 @@ DATASETS = ("minilm", "random", "clustered")
 # milvus-lite's pure-Python server grew by about 2 GiB while loading 100,000 vectors here (20 GiB per
 # million): a million would not fit next to the data and the other peers on a 24 GiB machine.
 MILVUS_LITE_MAX_VECTORS = 200_000
+# Vectors of the index that measures the per-call floor (a search that costs next to nothing).
+FLOOR_VECTORS = 16
 
 
 # -- data sets -----------------------------------------------------------------------------------
@@ -353,6 +355,31 @@ class VecserveRunner:
         # A one-word analogy vocabulary: building the default one would compete with the searches.
         return ServerProcess(data_dir, "--device", "auto", env=SERVER_ENV).start(timeout=600)
 
+    def call_floor(self) -> float:
+        """Queries/s, one query per call, on an index of FLOOR_VECTORS of the data set's vectors: what
+        the round trip through the client, gRPC and the service costs when the search costs nothing."""
+        from clients import VecserveClient
+
+        server = self.server or self._start(self.scratch / "vecserve-floor")
+        try:
+            with VecserveClient(server.address, timeout=600) as client:
+                client.create_index("floor", dimension=DIMENSION)
+                client.upsert(
+                    "floor",
+                    [
+                        {"id": str(row), "vector": vector}
+                        for row, vector in enumerate(self.dataset.vectors[:FLOOR_VECTORS])
+                    ],
+                )
+                rate = single_query_rate(
+                    lambda query: client.search("floor", [query], k=K), self.dataset.queries, self.seconds
+                )
+                client.delete_index("floor")
+                return rate
+        finally:
+            if server is not self.server:
+                server.stop()
+
     @contextlib.contextmanager
     def serving(self, setup: Setup) -> Iterator[Callable[..., Result]]:
         """Yields measure(label, **tuning): a Result of the loaded index searched with `tuning`
@@ -480,6 +507,14 @@ def vecserve_results(
             add(measure_tuned(f"ivf_pq {lists}/{pq_nprobe} m={pq.m}"))
         with runner.serving(Setup("sq8", Sq8Params(), "sq8")) as measure_tuned:
             add(measure_tuned("sq8"))
+        floor = runner.call_floor()
+    report.add(
+        f"peers {dataset.name}",
+        f"vecserve: {FLOOR_VECTORS}-vector index, 1 query/call (the per-call floor)",
+        floor,
+        "q/s",
+        f"{1000 / floor:.2f} ms per call through the client, gRPC and the service",
+    )
     return results
 
 

@@ -19,6 +19,7 @@ from service import backends
 from service.batching import AUTO_MODEL_WORKERS, BatchingSettings, CancelCheck, DynamicBatcher
 from service.errors import Cancelled, InvalidArgument, InvalidSettings
 from service.model_inputs import InputPreparer, TextInput
+from service.thread_share import ThreadShare
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -146,10 +147,8 @@ class Encoder:
             self._backend_run = loaded.run
             dtype = loaded.dtype
         self._model_lock = threading.Lock()
-        # Model calls running now, and the threads torch uses for one that runs alone.
-        self._running_lock = threading.Lock()
-        self._running_batches = 0
-        self._torch_threads = torch.get_num_threads()
+        # Torch's threads, shared among the model calls running at once.
+        self._torch_threads = ThreadShare(torch.get_num_threads())
         dimension = (
             model.get_embedding_dimension()
             if hasattr(model, "get_embedding_dimension")
@@ -342,15 +341,9 @@ class Encoder:
             return
         import torch
 
-        with self._running_lock:
-            self._running_batches += 1
-            running = self._running_batches
-        torch.set_num_threads(max(1, self._torch_threads // running))  # this thread's own setting
-        try:
+        with self._torch_threads.share() as threads:
+            torch.set_num_threads(threads)  # this thread's own setting
             yield
-        finally:
-            with self._running_lock:
-                self._running_batches -= 1
 
     def similarity_matrix(
         self, left: Sequence[str], right: Sequence[str], is_cancelled: CancelCheck | None = None

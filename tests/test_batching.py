@@ -267,7 +267,7 @@ def test_a_batch_that_starts_beside_another_gets_a_share_of_the_threads(
 
     monkeypatch.setattr(encoder, "_model", ThreadRecordingModel())
     inputs = encoder.prepare(["a sentence about manatees", "another about dugongs"])
-    all_threads = encoder._torch_threads
+    all_threads = encoder._torch_threads.threads
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(encoder._run_model, inputs[:1])
         while not threads_seen:

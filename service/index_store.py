@@ -1435,6 +1435,7 @@ class IndexStore:
         query_vectors = np.zeros((len(queries), spec.dimension), dtype=np.float32)
         texts: dict[int, str] = {}
         by_document: dict[int, str] = {}
+        given_vectors: list[int] = []
         for position, query in enumerate(queries):
             where = f"queries[{position}]"
             given = [query.text is not None, query.vector is not None, query.document_id is not None]
@@ -1445,12 +1446,13 @@ class IndexStore:
                 texts[position] = query.text
             elif query.vector is not None:
                 query_vectors[position] = _check_vector(query.vector, spec.dimension, f"{where}.vector")
-                if spec.metric is Metric.COSINE:
-                    query_vectors[position : position + 1] = _normalize_rows(
-                        query_vectors[position : position + 1], [f"{where}.vector"]
-                    )
+                given_vectors.append(position)
             else:
                 by_document[position] = query.document_id  # type: ignore[assignment]
+        if given_vectors and spec.metric is Metric.COSINE:  # all at once: per row, numpy's cost dominates
+            query_vectors[given_vectors] = _normalize_rows(
+                query_vectors[given_vectors], [f"queries[{position}].vector" for position in given_vectors]
+            )
         if texts:
             query_vectors[list(texts)] = self._embed(spec, list(texts.values()), "queries")
         excluded: list[int | None] = [None] * len(queries)

@@ -294,6 +294,9 @@ def test_bad_documents_and_requests(store: IndexStore) -> None:
         store.search("docs", [])
     with pytest.raises(NotFound):
         store.search("docs", [Query(document_id="missing")])
+    with pytest.raises(InvalidArgument, match=r"queries\[2\]\.vector is a zero vector") as caught:
+        store.search("docs", [Query(vector=vector), Query(document_id="one"), Query(vector=0 * vector)])
+    assert caught.value.field == "queries[2].vector"
     with pytest.raises(FailedPrecondition):  # no model to embed with
         store.search("docs", [Query(text="hello")])
     assert store.get_index("docs").document_count == 1

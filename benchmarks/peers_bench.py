@@ -76,8 +76,9 @@ FIRST_EF_SEARCH = 128
 EF_STEPS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 # Below this, a process's fixed allocations swamp its growth per vector.
 MIN_VECTORS_FOR_MEMORY = 20_000
-# Settings of ef_search or nprobe tried per swept index, at most.
-SWEEP_STEPS = 4
+# Settings of ef_search or nprobe tried per swept index, at most: IVF starts at nlist/8 and can need
+# six halvings before its recall drops below the target (nlist 4,096 at a million vectors).
+SWEEP_STEPS = 7
 # The analogy vocabulary a fresh data directory builds at start-up would compete with the searches.
 SERVER_ENV = {"VECSERVE_VOCABULARY_SIZE": "1"}
 CORPUS_SEED = 2024

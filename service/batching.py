@@ -4,14 +4,14 @@ Callers submit items (tokenized texts) with their token lengths; a worker takes 
 (waiting at most `max_wait_seconds` for more while the batch is small), stops when the padded token
 budget would be exceeded, runs the batch in one call, and hands each caller its own rows. The queue is
 bounded: when it is full, submit raises Overloaded at once instead of letting callers wait without end.
+A job whose caller has gone (its `is_cancelled` says so) is dropped when it reaches the head of the
+queue instead of spending model time nobody waits for.
 
 With several workers, one gathers the next batch while the others run theirs: the model computes
 while the callers of the previous batch are answered and send their next texts, which a single
 worker would wait for with the model idle. Batches are formed one at a time, each from at most an
 even share of the recent demand, so that concurrent callers are spread over the workers instead of
 all riding one batch.
-A job whose caller has gone (its `is_cancelled` says so) is dropped when it reaches the head of the
-queue instead of spending model time nobody waits for.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ The benchmark itself runs end to end (tiny sizes) in test_benchmarks.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +43,21 @@ def test_next_ef_steps_down_after_reaching_the_target_and_up_otherwise() -> None
 
 
 def test_sweep_walks_to_the_first_setting_across_the_target_recall() -> None:
-    def walk(first: int) -> list[int]:
+    def walk(first: int, recall_at: Callable[[int], float] = lambda ef: min(1.0, ef / 100)) -> list[int]:
         measured: list[int] = []
 
         def measure_at(ef: int) -> Result:
             measured.append(ef)
-            return Result(f"ef {ef}", recall=min(1.0, ef / 100), single_qps=1000 / ef, batched_qps=0)
+            return Result(f"ef {ef}", recall=recall_at(ef), single_qps=1000 / ef, batched_qps=0)
 
         peers_bench.sweep(measure_at, first, peers_bench.next_ef)
         return measured
 
     assert walk(128) == [128, 96, 64]  # cheaper while 0.95 holds, then one below it
     assert walk(48) == [48, 64, 96]  # broader until it is reached
-    assert walk(10) == [10, 16, 24, 32]  # at most SWEEP_STEPS settings
-    assert peers_bench.SWEEP_STEPS == 4
+    assert peers_bench.SWEEP_STEPS == 7
+    # At most SWEEP_STEPS settings, even while the recall never crosses the target.
+    assert walk(4096, lambda ef: 1.0) == [4096, 3072, 2048, 1536, 1024, 768, 512]
     halving = peers_bench.next_nprobe(lists=64)
     assert (halving(16, True), halving(16, False), halving(64, False), halving(1, True)) == (8, 32, 64, 1)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import threading
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,6 +22,7 @@ import numpy as np
 
 from service.encoder import TokenizedText
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
+from service.lru import LruCache
 
 DEFAULT_K = 10
 MAX_K = 1000
@@ -375,11 +375,13 @@ class AnalogyEngine:
         self._default_vocabulary = default_vocabulary
         self._index_vocabulary = index_vocabulary
         self._index_generation = index_generation
-        # Index name -> (its generation, its vocabulary), least recently used first.
-        self._index_vocabularies: OrderedDict[str, tuple[Hashable, Vocabulary]] = OrderedDict()
+        # Index name -> (its generation, its vocabulary).
+        self._index_vocabularies: LruCache[str, tuple[Hashable, Vocabulary]] = LruCache(
+            MAX_CACHED_INDEX_VOCABULARIES
+        )
         self._max_words = max_words_per_request
-        # (template, normalized word) -> unit vector, least recently used first; holds checked words only.
-        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        # (template, normalized word) -> unit vector; holds checked words only.
+        self._cache: LruCache[tuple[str, str], np.ndarray] = LruCache(WORD_CACHE_ENTRIES)
         self._cache_lock = threading.Lock()
 
     # Inputs
@@ -443,7 +445,6 @@ class AnalogyEngine:
         with self._cache_lock:
             cached = self._index_vocabularies.get(vocabulary_index)
             if cached is not None and generation is not None and cached[0] == generation:
-                self._index_vocabularies.move_to_end(vocabulary_index)
                 return cached[1]
         texts, vectors = self._index_vocabulary(vocabulary_index)
         if not texts:
@@ -453,10 +454,7 @@ class AnalogyEngine:
         vocabulary = Vocabulary.from_vectors(texts, vectors, template=TEXT_TEMPLATE)
         if generation is not None:
             with self._cache_lock:
-                self._index_vocabularies[vocabulary_index] = (generation, vocabulary)
-                self._index_vocabularies.move_to_end(vocabulary_index)
-                while len(self._index_vocabularies) > MAX_CACHED_INDEX_VOCABULARIES:
-                    self._index_vocabularies.popitem(last=False)
+                self._index_vocabularies.put(vocabulary_index, (generation, vocabulary))
         return vocabulary
 
     def _embed(self, normalized_words: Sequence[str], template: str = WORD_TEMPLATE) -> np.ndarray:
@@ -466,7 +464,6 @@ class AnalogyEngine:
             for word in normalized_words:
                 vector = self._cache.get((template, word))
                 if vector is not None:
-                    self._cache.move_to_end((template, word))
                     found[word] = vector
         missing = [word for word in dict.fromkeys(normalized_words) if word not in found]
         if missing:
@@ -474,9 +471,7 @@ class AnalogyEngine:
             with self._cache_lock:
                 for word, vector in zip(missing, vectors, strict=True):
                     found[word] = vector
-                    self._cache[(template, word)] = vector
-                while len(self._cache) > WORD_CACHE_ENTRIES:
-                    self._cache.popitem(last=False)
+                    self._cache.put((template, word), vector)
         return np.stack([found[word] for word in normalized_words])
 
     def _query_vectors(

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
+
+from service.lru import LruCache
 
 Hits = TypeVar("Hits")
 # A leader waits for expected callers at most this fraction of the last run's duration.
@@ -58,7 +59,7 @@ class SearchCoalescer:
         self._arrived = threading.Condition(self._lock)
         self._queued: dict[Hashable, list[_Request]] = {}
         self._running: set[Hashable] = set()
-        self._history: OrderedDict[Hashable, _History] = OrderedDict()
+        self._history: LruCache[Hashable, _History] = LruCache(REMEMBERED_KEYS)
         self.calls = 0
 
     def search(
@@ -111,7 +112,7 @@ class SearchCoalescer:
                 waiting = self._queued.get(key)
                 history.run_seconds = time.perf_counter() - began
                 history.expected_callers = len(batch) + len(waiting or ())
-                self._remember(key, history)
+                self._history.put(key, history)
                 if waiting:
                     waiting[0].wake.set()  # the next leader
                 else:
@@ -127,12 +128,6 @@ class SearchCoalescer:
             if remaining <= 0:
                 return
             self._arrived.wait(remaining)
-
-    def _remember(self, key: Hashable, history: _History) -> None:
-        self._history[key] = history
-        self._history.move_to_end(key)
-        if len(self._history) > REMEMBERED_KEYS:
-            self._history.popitem(last=False)
 
     def _split(self, queued: list[_Request]) -> tuple[list[_Request], list[_Request]]:
         """As many whole requests as fit the batch limit (always at least one)."""

@@ -5,18 +5,34 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 
 from clients import VecserveClient
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, free_port
+
+
+def wait_for_a_call_in_flight(metrics_address: str, timeout: float = 60.0) -> None:
+    """Until the server's metrics count an RPC being handled (a fixed sleep raced a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith("vecserve_grpc_requests_in_flight ") and float(line.split()[1]) >= 1:
+                    return
+        time.sleep(0.01)
+    raise TimeoutError("no call in flight")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_finishes_in_flight_call_and_exits_zero(tmp_path: Path, signum: int) -> None:
-    server = ServerProcess(tmp_path / "data", env={"VECSERVE_SHUTDOWN_GRACE_SECONDS": "120"}).start()
+    metrics = f"127.0.0.1:{free_port()}"
+    server = ServerProcess(
+        tmp_path / "data", "--metrics-listen", metrics, env={"VECSERVE_SHUTDOWN_GRACE_SECONDS": "120"}
+    ).start()
     try:
         outcome: dict[str, object] = {}
 
@@ -26,7 +42,7 @@ def test_signal_finishes_in_flight_call_and_exits_zero(tmp_path: Path, signum: i
 
         caller = threading.Thread(target=slow_call)
         caller.start()
-        time.sleep(1.0)  # the call is in flight: 256 long texts take seconds on the CPU
+        wait_for_a_call_in_flight(metrics)  # 256 long texts then take seconds on the CPU
         server.signal(signum)
         caller.join(timeout=120)
         assert server.wait(timeout=60) == 0

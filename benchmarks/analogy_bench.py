@@ -22,15 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from clients import VecserveClient
-from clients.commands.analogy import (
-    AnalogyQuestion,
-    WordPairScore,
-    evaluate_analogies,
-    evaluate_similarity,
-    print_analogy_report,
-    read_analogy_questions,
-    read_similarity_pairs,
-)
+from clients.commands.analogy import evaluate_analogies, evaluate_similarity, print_analogy_report
 from service.analogy import (
     DEFAULT_SCORING,
     TEXTBOOK_SCORING,
@@ -44,6 +36,7 @@ from service.analogy import (
 )
 from service.config import Settings, default_model_path
 from service.encoder import Encoder
+from service.evaluation import AnalogyQuestion, WordPairScore, read_analogy_questions, read_similarity_pairs
 from service.server import create_server
 
 LATENCY_CALLS = 50

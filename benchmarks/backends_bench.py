@@ -19,10 +19,10 @@ import numpy as np
 
 from benchmarks.common import Report, machine_context, short_texts
 from clients import VecserveClient
+from clients.local_server import ServerProcess
 from service import backends
 from service.config import default_model_path
 from service.encoder import Encoder
-from tests.server_process import ServerProcess
 
 BATCH = 64
 ROUNDS = 2

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from benchmarks.common import Report, concurrent_calls, gpu_available, median, short_texts
 from clients import VecserveClient
-from tests.server_process import ServerProcess
+from clients.local_server import ServerProcess
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -351,7 +351,7 @@ class VecserveRunner:
 
     @staticmethod
     def _start(data_dir: Path) -> Any:
-        from tests.server_process import ServerProcess
+        from clients.local_server import ServerProcess
 
         # A one-word analogy vocabulary: building the default one would compete with the searches.
         return ServerProcess(data_dir, "--device", "auto", env=SERVER_ENV).start(timeout=600)
@@ -773,7 +773,7 @@ def report_ratios(
 def bulk_indexing(report: Report, count: int, scratch: Path) -> None:
     from benchmarks.embedding_bench import in_process_rate
     from clients import VecserveClient
-    from tests.server_process import ServerProcess
+    from clients.local_server import ServerProcess
 
     texts = short_texts(count, words_per_text=WORDS_PER_TEXT, seed=11)
     source = scratch / "documents.jsonl"

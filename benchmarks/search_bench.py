@@ -20,8 +20,8 @@ import numpy as np
 
 from benchmarks.common import Report, concurrent_calls
 from clients import VecserveClient
+from clients.local_server import ServerProcess
 from service.index_store import Document, IndexKind, IndexStore
-from tests.server_process import ServerProcess
 
 DIMENSION = 384
 CLIENTS = 32

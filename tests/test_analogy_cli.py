@@ -8,17 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
 
 from clients.cli import main
-from clients.commands.analogy import (
-    WORD_TEMPLATE,
-    draw_plot,
-    parse_plot_words,
-    project_2d,
-    read_similarity_pairs,
-    spearman,
-)
+from clients.commands.analogy import SERVER_WORD_TEMPLATE, draw_plot, parse_plot_words, project_2d
 from service import analogy
 from service.config import Settings
 from service.encoder import Encoder
@@ -134,8 +126,8 @@ def test_plot_writes_a_readable_png(
     assert result["arrows"] == [["man", "king"], ["woman", "queen"], ["boy", "girl"]]
     # The points are the words as the analogy service embeds them: distances are kept by the projection
     # of these six vectors (only up to the signs of its axes, so distances are compared).
-    assert WORD_TEMPLATE == analogy.WORD_TEMPLATE
-    vectors = encoder.encode([WORD_TEMPLATE.format(w["word"]) for w in result["words"]])
+    assert SERVER_WORD_TEMPLATE == analogy.WORD_TEMPLATE
+    vectors = encoder.encode([SERVER_WORD_TEMPLATE.format(w["word"]) for w in result["words"]])
     expected, _ = project_2d(vectors)
     plotted = np.array([[w["x"], w["y"]] for w in result["words"]])
     distances = np.linalg.norm(plotted[:, None] - plotted[None], axis=2)
@@ -222,28 +214,6 @@ def test_eval_similarity(capsys: pytest.CaptureFixture[str], address: str, tmp_p
     report = json.loads(out)
     assert report["pairs"] == 6
     assert report["spearman"] > 0.5  # unrelated pairs score lowest
-
-
-def test_similarity_file_formats(tmp_path: Path) -> None:
-    simlex = tmp_path / "SimLex-999.txt"
-    simlex.write_text(
-        "word1\tword2\tPOS\tSimLex999\tconc(w1)\nold\tnew\tA\t1.58\t2.72\nsmart\tintelligent\tA\t9.2\t1.75\n"
-    )
-    assert [(p.first, p.second, p.gold) for p in read_similarity_pairs(simlex)] == [
-        ("old", "new", 1.58),
-        ("smart", "intelligent", 9.2),
-    ]
-    csv = tmp_path / "wordsim.csv"
-    csv.write_text("Word 1,Word 2,Human (mean)\nlove,sex,6.77\n")
-    assert [(p.first, p.gold) for p in read_similarity_pairs(csv)] == [("love", 6.77)]
-
-
-def test_spearman_matches_scipy() -> None:
-    generator = np.random.default_rng(7)
-    for _ in range(5):
-        left = generator.integers(0, 5, size=40).astype(float)  # many ties
-        right = left + generator.normal(0, 2, size=40)
-        assert spearman(left, right) == pytest.approx(spearmanr(left, right).correlation, abs=1e-12)
 
 
 def test_plot_labels_of_words_at_nearly_the_same_place_do_not_overlap(tmp_path: Path) -> None:

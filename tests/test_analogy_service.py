@@ -12,10 +12,10 @@ from grpc_status import rpc_status
 from vecserve.v1 import analogy_pb2
 
 from clients import VecserveClient
-from clients.commands.analogy import read_analogy_questions
 from service.analogy import DEFAULT_SCORING, TEXTBOOK_SCORING, AnalogyMethod, score_similarities, top_k
 from service.config import Settings
 from service.encoder import Encoder
+from service.evaluation import read_analogy_questions
 from service.server import RunningServer, create_server
 
 # Enough of the most frequent English words for the classic analogies below.

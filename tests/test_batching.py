@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from clients import VecserveClient
+from clients.local_server import ServerProcess
 from service.batching import BatchingSettings, DynamicBatcher
 from service.config import Settings
 from service.encoder import Encoder
 from service.errors import InvalidSettings, Overloaded
 from service.server import create_server
-from tests.server_process import ServerProcess
 
 
 def fake_model(texts: list[str]) -> np.ndarray:

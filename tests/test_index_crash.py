@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clients import VecserveClient
-from tests.server_process import ServerProcess
+from clients.local_server import ServerProcess
 
 DIMENSION = 32
 KILLS = 5

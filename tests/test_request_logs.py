@@ -16,11 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
 
+from clients.local_server import ServerProcess, free_port
 from service.config import Settings, settings_from_env
 from service.errors import InvalidSettings
 from service.interceptors import REQUEST_ID_HEADER
 from service.logging_setup import REQUEST_ID, JsonFormatter, TextFormatter
-from tests.server_process import ServerProcess, free_port
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from clients import VecserveClient
-from tests.server_process import ServerProcess, free_port
+from clients.local_server import ServerProcess, free_port
 
 
 def wait_for_a_call_in_flight(metrics_address: str, timeout: float = 60.0) -> None:

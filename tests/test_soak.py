@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from clients import VecserveClient
+from clients.local_server import ServerProcess
 from tests.rpcs import served_services
-from tests.server_process import ServerProcess
 
 CLIENTS = 16
 WARM_UP_SECONDS = 10.0

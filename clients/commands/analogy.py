@@ -19,14 +19,23 @@ if TYPE_CHECKING:
 
 from clients.client import VecserveClient
 from clients.commands.shared import connect, print_json
+from service.evaluation import (
+    AnalogyQuestion,
+    WordPairScore,
+    read_analogy_questions,
+    read_similarity_pairs,
+    score_analogies,
+    spearman,
+)
 
 METHODS = ("cosmul", "cosadd")
 EVAL_WORKERS = 8
 # Arguments of `plot` that name a relation: FROM->TO.
 ARROW = "->"
-# How the analogy service writes a word for the encoder (service.analogy.WORD_TEMPLATE): plotted points
-# are then the vectors that analogies and relation comparisons are computed from.
-WORD_TEMPLATE = '"{}"'
+# How the analogy service writes a word for the encoder (service.analogy.WORD_TEMPLATE), so that plotted
+# points are the vectors that analogies and relation comparisons are computed from. Hard-coded here, the
+# one place the client assumes it, until the client reads it from the server's GetVocabulary.
+SERVER_WORD_TEMPLATE = '"{}"'
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -365,7 +374,7 @@ def run_plot(args: argparse.Namespace) -> int:
         print("error: give at least two words to plot", file=sys.stderr)
         return 2
     with connect(args) as client:
-        vectors = client.embed_array([WORD_TEMPLATE.format(word) for word in words], normalize=True)
+        vectors = client.embed_array([SERVER_WORD_TEMPLATE.format(word) for word in words], normalize=True)
     points, shares = project_2d(vectors)
     title = args.title or (", ".join(f"{a} → {b}" for a, b in arrows) if arrows else f"{len(words)} words")
     draw_plot(words, points, arrows, args.out, title, shares)
@@ -386,53 +395,6 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 # eval analogies
-
-
-@dataclass
-class AnalogyQuestion:
-    section: str
-    words: tuple[str, str, str, str]  # a b c d: a is to b as c is to d
-
-
-def read_analogy_questions(path: Path) -> list[AnalogyQuestion]:
-    """Questions of a questions-words.txt file; lines before the first ': section' go to 'default'."""
-    questions = []
-    section = "default"
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(":"):
-            section = line[1:].strip() or "default"
-            continue
-        words = line.split()
-        if len(words) != 4:
-            raise ValueError(f"{path}:{number}: expected four words 'a b c d', got {len(words)}")
-        questions.append(AnalogyQuestion(section, (words[0], words[1], words[2], words[3])))
-    return questions
-
-
-@dataclass
-class SectionScore:
-    total: int = 0
-    correct: int = 0
-    covered: int = 0
-    failed: int = 0  # calls the service refused (unrepresentable words)
-
-    def add(self, correct: bool, covered: bool, failed: bool) -> None:
-        self.total += 1
-        self.correct += correct
-        self.covered += covered
-        self.failed += failed
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {
-            "questions": self.total,
-            "correct": self.correct,
-            "accuracy": round(self.correct / self.total, 6) if self.total else 0.0,
-            "coverage": round(self.covered / self.total, 6) if self.total else 0.0,
-            "refused": self.failed,
-        }
 
 
 @dataclass
@@ -476,26 +438,19 @@ def evaluate_analogies(
     workers: int = EVAL_WORKERS,
 ) -> dict[str, Any]:
     """Asks the service every question (concurrently) and scores the top answers per section."""
-    expected = list(dict.fromkeys(q.words[3] for q in questions))
+    expected = list(dict.fromkeys(q.answer for q in questions))
     vocabulary = client.get_vocabulary(expected, vocabulary_index=vocabulary_index)
-    in_vocabulary = dict(zip(expected, vocabulary.contains, strict=True))
+    in_vocabulary = {word for word, held in zip(expected, vocabulary.contains, strict=True) if held}
     progress = _Progress(len(questions))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         answers = list(pool.map(lambda q: _ask(client, q, method, vocabulary_index, progress), questions))
-    sections: dict[str, SectionScore] = {}
-    overall = SectionScore()
-    for question, answer in zip(questions, answers, strict=True):
-        # Answers and gold words compare as the service compares words: case-insensitively.
-        correct = answer is not None and answer.lower() == question.words[3].lower()
-        covered = answer is not None and in_vocabulary[question.words[3]]
-        for score in (sections.setdefault(question.section, SectionScore()), overall):
-            score.add(correct, covered, answer is None)
+    scores = score_analogies(questions, answers, in_vocabulary)
     return {
         "method": method,
         "vocabulary": vocabulary_index or "built-in",
         "vocabulary_words": vocabulary.word_count,
-        "sections": {name: score.as_dict() for name, score in sections.items()},
-        "total": overall.as_dict(),
+        "sections": {name: score.as_dict() for name, score in scores.sections.items()},
+        "total": scores.total.as_dict(),
     }
 
 
@@ -535,58 +490,6 @@ def run_eval_analogies(args: argparse.Namespace) -> int:
 
 
 # eval similarity
-
-
-@dataclass
-class WordPairScore:
-    first: str
-    second: str
-    gold: float
-
-
-def read_similarity_pairs(path: Path) -> list[WordPairScore]:
-    """Word pairs with gold scores: 'w1 w2 score' rows (tab, comma or space separated), '#' comments.
-
-    A header row (its third field not a number) may name the score column: 'SimLex999' when
-    present (the original SimLex-999 file), otherwise the third column.
-    """
-    pairs = []
-    score_column = 2
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        separator = "\t" if "\t" in line else ("," if "," in line else None)
-        fields = [part.strip() for part in line.split(separator)]
-        if len(fields) <= score_column:
-            raise ValueError(f"{path}:{number}: expected 'word1 word2 score', got {line!r}")
-        try:
-            gold = float(fields[score_column])
-        except ValueError:
-            if pairs:
-                raise ValueError(f"{path}:{number}: score {fields[score_column]!r} is not a number") from None
-            score_column = fields.index("SimLex999") if "SimLex999" in fields else 2
-            continue
-        pairs.append(WordPairScore(fields[0], fields[1], gold))
-    return pairs
-
-
-def rank(values: np.ndarray) -> np.ndarray:
-    """Ranks from 1, tied values sharing their mean rank (as Spearman's correlation needs)."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.arange(1, len(values) + 1)
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]
-
-
-def spearman(left: Sequence[float], right: Sequence[float]) -> float:
-    """Spearman's rank correlation: Pearson correlation of the (tie-averaged) ranks."""
-    left_ranks, right_ranks = rank(np.asarray(left, float)), rank(np.asarray(right, float))
-    left_ranks -= left_ranks.mean()
-    right_ranks -= right_ranks.mean()
-    denominator = float(np.sqrt((left_ranks**2).sum() * (right_ranks**2).sum()))
-    return float((left_ranks * right_ranks).sum() / denominator) if denominator else 0.0
 
 
 def evaluate_similarity(client: VecserveClient, pairs: Sequence[WordPairScore]) -> float:

@@ -1,4 +1,8 @@
-"""Runs `vecserve serve` as a separate process, for tests of signals, crashes and restarts."""
+"""Launches `vecserve serve` as a local subprocess and waits until it serves.
+
+A client-side tool for the tests (signals, crashes, restarts) and the benchmarks (a server in a
+process of its own, as in production).
+"""
 
 from __future__ import annotations
 

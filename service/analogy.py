@@ -12,6 +12,7 @@ the same word, so that a query word is never returned as its own answer in anoth
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import unicodedata
 from collections.abc import Callable, Hashable, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 
 from service.encoder import TokenizedText
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
+from service.index_store import check_name
 from service.lru import LruCache
 
 DEFAULT_K = 10
@@ -32,6 +34,8 @@ MAX_CACHED_INDEX_VOCABULARIES = 4
 MAX_WORD_CHARACTERS = 1000
 # gensim's most_similar_cosmul guards the division with this epsilon too.
 COSMUL_EPSILON = 1e-6
+# Smallest shifted cosine 3CosMul takes the log of (float64 reaches 1e-308).
+COSMUL_FLOOR = 1e-300
 # Below this many words a vocabulary's mean says more about its few words than about the model.
 MIN_WORDS_TO_CENTER = 1000
 # Unknown-token spellings of common tokenizers (WordPiece, SentencePiece, BPE).
@@ -102,6 +106,9 @@ DefaultVocabularySource = Callable[[float | None], "Vocabulary"]
 class ScoredWord:
     word: str
     score: float
+    # What answers are ranked by, in float64: the score itself, or for COSMUL its natural log,
+    # which stays exact where the product of many words' cosines is below float32's range.
+    ranking_score: float
 
 
 @dataclass(frozen=True)
@@ -213,9 +220,23 @@ def combine_scores(
     if method is AnalogyMethod.COSADD:
         total = positive_similarities.sum(axis=0) - negative_weight * negative_similarities.sum(axis=0)
         return total / offset_norm if offset_norm > 0 else total
-    positive = np.prod((1.0 + positive_similarities) / 2.0, axis=0)
-    negative = np.prod((1.0 + negative_similarities) / 2.0, axis=0)
-    return positive / (negative**negative_weight + COSMUL_EPSILON)
+    return np.exp(cosmul_log_scores(positive_similarities, negative_similarities, negative_weight))
+
+
+def cosmul_log_scores(
+    positive_similarities: np.ndarray, negative_similarities: np.ndarray, negative_weight: float = 1.0
+) -> np.ndarray:
+    """The natural log of the COSMUL score of combine_scores, in float64.
+
+    The product itself underflows float32 from about a hundred positive words (0.5 ** 150 is 7e-46),
+    which made every answer tie; summed logs rank any number of words exactly.
+    """
+    shifted_positive = (1.0 + positive_similarities.astype(np.float64)) / 2.0
+    shifted_negative = (1.0 + negative_similarities.astype(np.float64)) / 2.0
+    # A cosine of exactly -1 shifts to 0: the floor keeps its log finite, so the word still ranks (last).
+    log_positive = np.log(np.maximum(shifted_positive, COSMUL_FLOOR)).sum(axis=0)
+    negative = np.exp(np.log(np.maximum(shifted_negative, COSMUL_FLOOR)).sum(axis=0))
+    return log_positive - np.log(negative**negative_weight + COSMUL_EPSILON)
 
 
 def direction_agreement(
@@ -303,10 +324,21 @@ def score_similarities(
     method: AnalogyMethod,
     scoring: AnalogyScoring = TEXTBOOK_SCORING,
 ) -> np.ndarray:
-    """Scores from the query words' cosines to every vocabulary word: combine_scores, then the
-    adjustments of `scoring`. Evaluations that score many questions over the same words compute
-    the cosines once and call this directly.
+    """Ranking scores from the query words' cosines to every vocabulary word: combine_scores, then
+    the adjustments of `scoring`. For COSMUL they are the scores' natural logs (reported_scores turns
+    them back), so that many words cannot underflow them. Evaluations that score many questions over
+    the same words compute the cosines once and call this directly.
     """
+    adjustment = np.zeros(len(vocabulary), dtype=np.float32)
+    if scoring.direction_weight:
+        adjustment += scoring.direction_weight * direction_agreement(
+            positive_similarities, negative_similarities, positive_vectors, negative_vectors
+        )
+    if scoring.frequency_penalty and vocabulary.log_ranks is not None:
+        adjustment -= scoring.frequency_penalty * vocabulary.log_ranks
+    if method is AnalogyMethod.COSMUL:
+        log_scores = cosmul_log_scores(positive_similarities, negative_similarities, scoring.negative_weight)
+        return log_scores + adjustment
     offset = positive_vectors.sum(axis=0) - scoring.negative_weight * negative_vectors.sum(axis=0)
     scores = combine_scores(
         positive_similarities,
@@ -315,16 +347,12 @@ def score_similarities(
         offset_norm=float(np.linalg.norm(offset)),
         negative_weight=scoring.negative_weight,
     )
-    adjustment = np.zeros(len(vocabulary), dtype=np.float32)
-    if scoring.direction_weight:
-        adjustment += scoring.direction_weight * direction_agreement(
-            positive_similarities, negative_similarities, positive_vectors, negative_vectors
-        )
-    if scoring.frequency_penalty and vocabulary.log_ranks is not None:
-        adjustment -= scoring.frequency_penalty * vocabulary.log_ranks
-    if method is AnalogyMethod.COSADD:
-        return scores + adjustment
-    return scores * np.exp(adjustment)
+    return scores + adjustment
+
+
+def reported_score(ranking_score: float, method: AnalogyMethod) -> float:
+    """The score an answer reports from its ranking score (score_similarities): COSMUL ranks by logs."""
+    return math.exp(ranking_score) if method is AnalogyMethod.COSMUL else ranking_score
 
 
 def relation_report(
@@ -438,6 +466,7 @@ class AnalogyEngine:
     def _vocabulary(self, vocabulary_index: str, timeout: float | None) -> Vocabulary:
         if not vocabulary_index:
             return self._default_vocabulary(timeout)
+        check_name(vocabulary_index, "vocabulary_index")
         if self._index_vocabulary is None:
             raise NotFound(f"index {vocabulary_index!r} not found: this server has no index store")
         # Read before the contents: a write in between makes the entry stale, never wrongly fresh.
@@ -449,7 +478,10 @@ class AnalogyEngine:
         texts, vectors = self._index_vocabulary(vocabulary_index)
         if not texts:
             raise InvalidArgument(
-                f"index {vocabulary_index!r} has no documents to serve as a vocabulary", "vocabulary_index"
+                f"index {vocabulary_index!r} has no document with text, so no words to serve as a "
+                "vocabulary: a vocabulary's words are its documents' texts, and documents stored as "
+                "vectors alone cannot be looked up by word",
+                "vocabulary_index",
             )
         vocabulary = Vocabulary.from_vectors(texts, vectors, template=TEXT_TEMPLATE)
         if generation is not None:
@@ -510,7 +542,10 @@ class AnalogyEngine:
             vocabulary, vectors[: len(positive_words)], vectors[len(positive_words) :], method, self._scoring
         )
         excluded = vocabulary.rows_of([*positive_words, *negative_words])
-        return [ScoredWord(vocabulary.words[row], score) for row, score in top_k(scores, k, excluded)]
+        return [
+            ScoredWord(vocabulary.words[row], reported_score(score, method), score)
+            for row, score in top_k(scores, k, excluded)
+        ]
 
     def find_similar_words(
         self, queries: Sequence[str], k: int = 0, vocabulary_index: str = "", timeout: float | None = None
@@ -522,7 +557,7 @@ class AnalogyEngine:
         similarities = self._query_vectors(vocabulary, normalized, vocabulary_index) @ vocabulary.vectors.T
         return [
             [
-                ScoredWord(vocabulary.words[row], score)
+                ScoredWord(vocabulary.words[row], score, score)
                 for row, score in top_k(row_scores, k, vocabulary.rows_of([query]))
             ]
             for query, row_scores in zip(normalized, similarities, strict=True)

@@ -25,6 +25,10 @@ class Overloaded(VecserveError):
     """The server is at capacity (a queue is full); retrying later may succeed."""
 
 
+class TooLarge(VecserveError):
+    """A request or its answer exceeds a size limit; the message names the limit and how to split."""
+
+
 class FailedPrecondition(VecserveError):
     """The request is valid but the system is not in a state to perform it."""
 

@@ -57,9 +57,10 @@ from typing import Protocol
 import faiss
 import numpy as np
 
-from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
 from service.search_batching import SearchCoalescer
 from service.thread_share import ThreadShare
+from service.validation import check_unicode
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ _SEARCH_THREADS = ThreadShare(faiss.omp_get_max_threads())
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_DIMENSION = 8192
+# Longest vector of an L2 or inner-product index: its squared distances (at most (2 * 1e18)^2) and
+# inner products stay finite in float32, whose largest value is 3.4e38.
+MAX_VECTOR_NORM = 1e18
 MAX_ID_CHARACTERS = 256
 MAX_METADATA_KEYS = 64
 MAX_METADATA_KEY_CHARACTERS = 128
@@ -380,7 +384,9 @@ def _search_tuning(spec: IndexSpec, ef_search: int | None, nprobe: int | None) -
     return ef_search if ef_search is not None else nprobe
 
 
-def _check_vector(values: np.ndarray | Sequence[float], dimension: int, field_name: str) -> np.ndarray:
+def _check_vector(
+    values: np.ndarray | Sequence[float], dimension: int, metric: Metric, field_name: str
+) -> np.ndarray:
     vector = np.asarray(values, dtype=np.float32)
     if vector.ndim != 1 or vector.shape[0] != dimension:
         raise InvalidArgument(
@@ -388,7 +394,18 @@ def _check_vector(values: np.ndarray | Sequence[float], dimension: int, field_na
             field=field_name,
         )
     if not np.isfinite(vector).all():
-        raise InvalidArgument(f"{field_name} contains NaN or infinite values", field=field_name)
+        raise InvalidArgument(
+            f"{field_name} contains NaN or infinite values (or values beyond float32's range, ±3.4e38)",
+            field=field_name,
+        )
+    if metric is not Metric.COSINE:
+        norm = float(np.linalg.norm(vector.astype(np.float64)))
+        if norm > MAX_VECTOR_NORM:
+            raise InvalidArgument(
+                f"{field_name} has length {norm:.3g}, more than the limit of {MAX_VECTOR_NORM:.0e} for "
+                f"{metric.value} indexes: its scores would overflow float32; scale the vectors down",
+                field=field_name,
+            )
     return vector
 
 
@@ -406,6 +423,7 @@ def _check_metadata(metadata: Mapping[str, MetadataScalar], field_name: str) -> 
                 f"metadata keys must have 1 to {MAX_METADATA_KEY_CHARACTERS} characters; {where} does not",
                 field=field_name,
             )
+        check_unicode(key, field_name)
         checked[key] = _check_metadata_value(value, where)
     return checked
 
@@ -423,6 +441,7 @@ def _check_metadata_value(value: object, where: str) -> MetadataScalar:
                 f"{where} has {len(value)} characters, more than {MAX_METADATA_STRING_CHARACTERS}",
                 field=where,
             )
+        check_unicode(value, where)
         return value
     raise InvalidArgument(f"{where} must be a string, a number or a boolean", field=where)
 
@@ -658,11 +677,42 @@ def _vectors_from_blobs(blobs: Sequence[bytes], dimension: int) -> np.ndarray:
 
 
 def _normalize_rows(vectors: np.ndarray, field_names: Sequence[str]) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1)
+    # In float64, a float32 vector's squared length neither overflows (3e38) nor underflows (1e-30).
+    wide = vectors.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1)
     for position in np.flatnonzero(norms == 0):
         name = field_names[position]
         raise InvalidArgument(f"{name} is a zero vector, which has no direction for cosine", field=name)
-    return np.ascontiguousarray(vectors / norms[:, None], dtype=np.float32)
+    return np.ascontiguousarray(wide / norms[:, None], dtype=np.float32)
+
+
+def _hit_bytes(hit: Hit) -> int:
+    """About the serialized size of a hit, in bytes (characters stand in for UTF-8 bytes)."""
+    metadata = sum(len(key) + len(str(value)) + 8 for key, value in hit.metadata.items())
+    vector = 4 * len(hit.vector) if hit.vector is not None else 0
+    return len(hit.id) + len(hit.text) + metadata + vector + 16
+
+
+def _answer_bytes(results: list[list[Hit]]) -> int:
+    """About the serialized size of a search answer; a document's size is computed once, however
+    many queries it answers (many queries and a large k can repeat the same long texts)."""
+    sizes: dict[str, int] = {}
+    total = 0
+    for hits in results:
+        for hit in hits:
+            if hit.id not in sizes:
+                sizes[hit.id] = _hit_bytes(hit)
+            total += sizes[hit.id]
+    return total
+
+
+def _check_answer_size(answer_bytes: int, limit: int) -> None:
+    if answer_bytes > limit:
+        raise TooLarge(
+            f"the answer would hold about {answer_bytes:,} bytes, more than the limit of {limit:,} bytes "
+            "per message (--max-message-bytes): lower k, send fewer queries at once, or leave out "
+            "include_vectors"
+        )
 
 
 class ReadWriteLock:
@@ -993,10 +1043,13 @@ class _Index:
     @staticmethod
     def _delete_rows(connection: sqlite3.Connection, ids: Sequence[str]) -> np.ndarray:
         """Deletes the rows of these document ids; returns their FAISS ids."""
-        id_list = json.dumps(list(ids))
-        rows = connection.execute(
-            "SELECT faiss_id FROM documents WHERE doc_id IN (SELECT value FROM json_each(?))", (id_list,)
-        ).fetchall()
+        # Bound as parameters, never through json_each(), which cuts a string at U+0000.
+        rows: list[tuple[int]] = []
+        for start in range(0, len(ids), INLINE_ID_LIMIT):
+            chunk = list(ids[start : start + INLINE_ID_LIMIT])
+            rows += connection.execute(
+                f"SELECT faiss_id FROM documents WHERE doc_id IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
         old_ids = np.array([row[0] for row in rows], dtype=np.int64)
         if len(old_ids):
             faiss_id_list = json.dumps(old_ids.tolist())
@@ -1214,8 +1267,11 @@ class IndexStore:
         max_texts_per_encode: int = 1024,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         search_batching: bool = True,
+        max_response_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # Largest search answer, about as serialized: the transports' message limit.
+        self.max_response_bytes = max_response_bytes
         # Concurrent searches of one index with the same k and filter share one FAISS call.
         self._coalescer = SearchCoalescer() if search_batching else None
         # The encoder takes at most this many texts per call (its batching queue is sized for it).
@@ -1387,6 +1443,7 @@ class IndexStore:
 
     def get_document(self, name: str, document_id: str) -> Document:
         index = self._get(name)
+        check_unicode(document_id, "id")
         with index.lock.read():
             self._check_alive(index)
             row = (
@@ -1404,6 +1461,8 @@ class IndexStore:
         """Deletes documents by id (unknown ids are ignored); returns how many existed."""
         index = self._get(name)
         self._check_count(len(ids), self.max_documents_per_request, "ids")
+        for position, document_id in enumerate(ids):
+            check_unicode(document_id, f"ids[{position}]")
         with index.lock.write():
             self._check_alive(index)
             deleted = index.delete(list(ids))
@@ -1432,6 +1491,10 @@ class IndexStore:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}", "k")
         tuning = _search_tuning(spec, ef_search, nprobe)
         self._check_count(len(queries), self.max_queries_per_request, "queries")
+        if include_vectors and not conditions:
+            # Refused before any search work when the vectors alone would overflow the answer.
+            hits_per_query = min(k, max(index.document_count - 1, 0))
+            _check_answer_size(len(queries) * hits_per_query * 4 * spec.dimension, self.max_response_bytes)
         query_vectors = np.zeros((len(queries), spec.dimension), dtype=np.float32)
         texts: dict[int, str] = {}
         by_document: dict[int, str] = {}
@@ -1442,12 +1505,16 @@ class IndexStore:
             if sum(given) != 1:
                 raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
             if query.text is not None:
+                check_unicode(query.text, f"{where}.text")
                 self._check_text(query.text, f"{where}.text", required=True)
                 texts[position] = query.text
             elif query.vector is not None:
-                query_vectors[position] = _check_vector(query.vector, spec.dimension, f"{where}.vector")
+                query_vectors[position] = _check_vector(
+                    query.vector, spec.dimension, spec.metric, f"{where}.vector"
+                )
                 given_vectors.append(position)
             else:
+                check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
                 by_document[position] = query.document_id  # type: ignore[assignment]
         if given_vectors and spec.metric is Metric.COSINE:  # all at once: per row, numpy's cost dominates
             query_vectors[given_vectors] = _normalize_rows(
@@ -1482,7 +1549,7 @@ class IndexStore:
             documents = index.documents_by_faiss_id(
                 sorted({faiss_id for hits in ranked for faiss_id, _ in hits}), include_vectors
             )
-        return [
+        results = [
             [
                 Hit(
                     id=documents[faiss_id][0],
@@ -1495,6 +1562,8 @@ class IndexStore:
             ]
             for hits in ranked
         ]
+        _check_answer_size(_answer_bytes(results), self.max_response_bytes)
+        return results
 
     def generation(self, name: str) -> tuple[int, int]:
         """Changes whenever the index's documents may have changed (a write, a delete, or the index
@@ -1584,10 +1653,12 @@ class IndexStore:
         document_id = document.id or uuid.uuid4().hex
         if len(document_id) > MAX_ID_CHARACTERS:
             raise InvalidArgument(f"{where}.id is longer than {MAX_ID_CHARACTERS} characters", f"{where}.id")
+        check_unicode(document_id, f"{where}.id")
+        check_unicode(document.text, f"{where}.text")
         self._check_text(document.text, f"{where}.text", required=document.vector is None)
         vector = None
         if document.vector is not None:
-            vector = _check_vector(document.vector, spec.dimension, f"{where}.vector")
+            vector = _check_vector(document.vector, spec.dimension, spec.metric, f"{where}.vector")
         metadata = _check_metadata(document.metadata, f"{where}.metadata")
         return _PreparedDocument(document_id, document.text, metadata, vector)
 

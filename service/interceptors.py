@@ -8,7 +8,8 @@ Everything that does not depend on the call (the wrapped handler, metric childre
 names) is built once per method and reused: per call there is only the work the call needs.
 
 A request that is not a valid protobuf message (bad wire format, invalid UTF-8 in a string field)
-is answered with INVALID_ARGUMENT; left to gRPC it would become INTERNAL, a server fault.
+is answered with INVALID_ARGUMENT; left to gRPC it would become INTERNAL, a server fault. One over
+the message limit is answered with RESOURCE_EXHAUSTED and advice on splitting it.
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ import itertools
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from service.errors import TooLarge
 from service.logging_setup import REQUEST_ID
 from service.metrics import MethodMetrics, ServerMetrics
+from service.servicers.status import abort_with_error
 
 log = logging.getLogger("vecserve.access")
 
 REQUEST_ID_HEADER = "x-request-id"
+HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 # What an incoming request id may look like: no spaces or quotes that could forge log fields.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 # Codes that mean a fault of the server rather than of the call.
@@ -53,11 +58,36 @@ class MalformedMessage:
         self.error = error
 
 
-def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+class OversizedMessage:
+    """Stands in for a request message over the server's message limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+
+    def error(self) -> TooLarge:
+        return TooLarge(
+            f"the request message has {self.size:,} bytes, more than the limit of {self.limit:,} bytes "
+            "per message: split it into smaller requests (fewer texts, documents or queries per call, "
+            "or more messages in a stream), or raise the server's --max-message-bytes"
+        )
+
+
+def receive_limit(max_message_bytes: int) -> int:
+    """gRPC's own receive limit: above the server's, so that messages up to twice the limit are
+    refused here with advice rather than by gRPC with its bare "larger than max" text."""
+    return min(2 * max_message_bytes, 2**31 - 1)
+
+
+def _lenient(
+    deserialize: Callable[[bytes], Any] | None, max_message_bytes: int
+) -> Callable[[bytes], Any] | None:
     if deserialize is None:
         return None
 
     def parse(data: bytes) -> Any:
+        if len(data) > max_message_bytes:
+            return OversizedMessage(len(data), max_message_bytes)
         try:
             return deserialize(data)
         except Exception as error:  # protobuf raises DecodeError, and others on some inputs
@@ -78,6 +108,9 @@ def _checked_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> I
     for request in requests:
         if isinstance(request, MalformedMessage):
             _refuse_malformed(request, context)
+        if isinstance(request, OversizedMessage):
+            # Raised into the servicer's loop, which adds how much of the stream was stored.
+            raise request.error()
         yield request
 
 
@@ -105,8 +138,16 @@ def _final_code(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
 class _ObservedMethod:
     """One method's handler wrapped to give each call a request id, and to log and measure it."""
 
-    def __init__(self, method: str, handler: grpc.RpcMethodHandler, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler,
+        metrics: ServerMetrics,
+        max_message_bytes: int,
+        drain: Drain,
+    ) -> None:
         self.handler = handler
+        self._drain = drain
         self._method = method
         self._metrics = metrics
         self._calls: MethodMetrics = metrics.method(method)
@@ -118,13 +159,15 @@ class _ObservedMethod:
         self._behavior: Behavior = getattr(handler, kind)
         observed = self._observed_stream if handler.response_streaming else self._observed
         self.wrapped = handler._replace(  # RpcMethodHandler is a namedtuple
-            request_deserializer=_lenient(handler.request_deserializer), **{kind: observed}
+            request_deserializer=_lenient(handler.request_deserializer, max_message_bytes),
+            **{kind: observed},
         )
 
     def _observed(self, request: Any, context: grpc.ServicerContext) -> Any:
         request_id, token, started = self._begin(context)
         raised = True
         try:
+            self._admit(context)
             response = self._behavior(self._checked(request, context), context)
             raised = False
             return response
@@ -135,22 +178,35 @@ class _ObservedMethod:
         request_id, token, started = self._begin(context)
         raised = True
         try:
+            self._admit(context)
             yield from self._behavior(self._checked(request, context), context)
             raised = False
         finally:
             self._end(context, request_id, token, started, raised)
+
+    def _admit(self, context: grpc.ServicerContext) -> None:
+        # Health checks go on answering (NOT_SERVING once draining), for probes and load balancers.
+        if self._drain.draining and not self._method.startswith(HEALTH_METHOD_PREFIX):
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down and takes no new calls; retry on another server or once "
+                "it is back",
+            )
 
     def _checked(self, request: Any, context: grpc.ServicerContext) -> Any:
         if self._streaming:
             return _checked_stream(request, context)
         if isinstance(request, MalformedMessage):
             _refuse_malformed(request, context)
+        if isinstance(request, OversizedMessage):
+            abort_with_error(context, request.error())
         return request
 
     def _begin(self, context: grpc.ServicerContext) -> tuple[str, Any, float]:
         request_id = request_id_from(context.invocation_metadata()) or new_request_id()
         token = REQUEST_ID.set(request_id)
         self._metrics.in_flight.inc()
+        self._drain.enter()
         if context.is_active():
             context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         return request_id, token, time.perf_counter()
@@ -161,6 +217,7 @@ class _ObservedMethod:
         seconds = time.perf_counter() - started
         code = _final_code(context, raised)
         self._metrics.in_flight.dec()
+        self._drain.leave()
         self._calls.observe(code.name, seconds)
         level = logging.WARNING if code in _SERVER_FAULTS else logging.INFO
         if log.isEnabledFor(level):  # the record and its fields cost more than the rest of the call
@@ -186,11 +243,45 @@ class _ObservedMethod:
         REQUEST_ID.reset(token)
 
 
+class Drain:
+    """Counts the calls being handled; once draining, new calls are refused with UNAVAILABLE.
+
+    gRPC's own shutdown answers calls that arrived but were not yet handed to a thread with
+    CANCELLED (grpc/grpc#41785), so the server drains here first, while gRPC still hands calls over,
+    and stops gRPC only once the calls it admitted have finished.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._calls = 0
+        self.draining = False
+
+    def enter(self) -> None:
+        with self._condition:
+            self._calls += 1
+
+    def leave(self) -> None:
+        with self._condition:
+            self._calls -= 1
+            if not self._calls:
+                self._condition.notify_all()
+
+    def start(self) -> None:
+        self.draining = True
+
+    def wait(self, timeout: float | None) -> bool:
+        """Until no call is being handled (True), or timeout seconds passed (False)."""
+        with self._condition:
+            return self._condition.wait_for(lambda: self._calls == 0, timeout)
+
+
 class ObservingInterceptor(grpc.ServerInterceptor):
     """Gives each call its request id, logs and measures it, and refuses malformed messages."""
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+    def __init__(self, metrics: ServerMetrics, max_message_bytes: int) -> None:
         self._metrics = metrics
+        self._max_message_bytes = max_message_bytes
+        self.drain = Drain()
         # The wrapper of each method's handler, rebuilt only when a later interceptor or the
         # server returns another handler (as the auth interceptor does to refuse a call).
         self._observed: dict[str, _ObservedMethod] = {}
@@ -206,6 +297,8 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         observed = self._observed.get(method)
         if observed is None or observed.handler is not handler:
-            observed = _ObservedMethod(method, handler, self._metrics)
+            observed = _ObservedMethod(
+                method, handler, self._metrics, self._max_message_bytes, self.drain
+            )
             self._observed[method] = observed
         return observed.wrapped

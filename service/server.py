@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from service.config import Settings
 from service.encoder import Encoder
 from service.errors import InvalidSettings
 from service.index_store import IndexStore
-from service.interceptors import ObservingInterceptor
+from service.interceptors import Drain, ObservingInterceptor, receive_limit
 from service.logging_setup import configure_logging
 from service.metrics import MetricsHttpServer, ServerMetrics
 from service.servicers.analogy import AnalogyServicer
@@ -52,11 +53,21 @@ class RunningServer:
     metrics_port: int | None = None
     # The built-in analogy vocabulary, built on first use or by calling its start().
     vocabulary: DefaultVocabulary | None = None
+    # Counts the calls in flight, and refuses new ones once stop() has begun.
+    drain: Drain = field(default_factory=Drain)
 
     def stop(self, grace: float | None = None) -> None:
-        """Stops accepting calls, lets in-flight calls finish within grace seconds, then closes the core."""
+        """Stops accepting calls, lets in-flight calls finish within grace seconds, then closes the core.
+
+        New calls get UNAVAILABLE from the start; gRPC itself is stopped once the calls in flight
+        have finished (or the grace is over), as its own refusal of calls is CANCELLED.
+        """
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        started = time.monotonic()
+        self.drain.start()
+        self.drain.wait(grace)
+        remaining = None if grace is None else max(0.0, grace - (time.monotonic() - started))
+        self.server.stop(remaining).wait()
         for close in self.closers:
             close()
 
@@ -70,7 +81,8 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     # Tokens and certificates are checked before the slow model load, so mistakes show at once.
     metrics = ServerMetrics()
     # The observer goes first (outermost), so refused calls are logged and counted too.
-    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(metrics)]
+    observer = ObservingInterceptor(metrics, settings.max_message_bytes)
+    interceptors: list[grpc.ServerInterceptor] = [observer]
     if settings.tokens_file is not None:
         interceptors.append(AuthInterceptor(load_tokens(settings.tokens_file)))
     credentials = None
@@ -90,7 +102,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
         options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", receive_limit(settings.max_message_bytes)),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             # A second server on a taken port must fail, not silently share the port's calls.
             ("grpc.so_reuseport", 0),
@@ -108,12 +120,13 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         max_texts_per_encode=settings.max_texts_per_request,
         snapshot_every=settings.index_snapshot_every,
         search_batching=settings.search_batching,
+        max_response_bytes=settings.max_message_bytes,
     )
     closers.append(store.close)
     metrics.watch_encoder(encoder)
     metrics.watch_store(store)
     index_pb2_grpc.add_IndexServiceServicer_to_server(
-        IndexServicer(store, max_response_bytes=settings.max_message_bytes), server
+        IndexServicer(store), server
     )
     service_names.append(_service_name(index_pb2, "IndexService"))
     info = encoder.info
@@ -154,6 +167,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         closers=closers,
         metrics=metrics,
         vocabulary=vocabulary,
+        drain=observer.drain,
     )
     if settings.metrics_listen is not None:
         try:

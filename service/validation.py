@@ -43,3 +43,15 @@ def check_texts(
                 "per request; split the batch",
                 field=field,
             )
+
+
+def check_unicode(value: str, field: str) -> None:
+    """Refuses strings that cannot be stored as UTF-8 (lone surrogates, which JSON escapes can carry)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        surrogate = ord(error.object[error.start])
+        raise InvalidArgument(
+            f"{field} is not valid Unicode: it holds the lone surrogate U+{surrogate:04X}",
+            field=field,
+        ) from None

@@ -32,7 +32,7 @@ def _wait_budget(context: grpc.ServicerContext) -> float | None:
 
 
 def _scored(words: list[ScoredWord]) -> list[pb.ScoredWord]:
-    return [pb.ScoredWord(word=item.word, score=item.score) for item in words]
+    return [pb.ScoredWord(word=item.word, score=item.score, ranking_score=item.ranking_score) for item in words]
 
 
 class AnalogyServicer(pb_grpc.AnalogyServiceServicer):

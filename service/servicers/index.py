@@ -181,31 +181,6 @@ def conditions_from_filter(message: pb.Filter) -> list[Condition]:
     return conditions
 
 
-def _hit_size(hit: Hit) -> int:
-    """About the serialized size of a hit, in bytes (characters stand in for UTF-8 bytes)."""
-    metadata = sum(len(key) + len(str(value)) + 8 for key, value in hit.metadata.items())
-    vector = 4 * len(hit.vector) if hit.vector is not None else 0
-    return len(hit.id) + len(hit.text) + metadata + vector + 16
-
-
-def check_response_size(results: list[list[Hit]], limit: int) -> None:
-    """Refuses an answer larger than the message limit before building it: a search with many queries
-    and a large k over long documents could otherwise hold gigabytes of copies of the same texts."""
-    sizes: dict[str, int] = {}
-    total = 0
-    for hits in results:
-        for hit in hits:
-            if hit.id not in sizes:
-                sizes[hit.id] = _hit_size(hit)
-            total += sizes[hit.id]
-    if total > limit:
-        raise InvalidArgument(
-            f"the answer would hold about {total:,} bytes, more than the limit of {limit:,} bytes per "
-            "message: lower k, send fewer queries at once, or leave out include_vectors",
-            "k",
-        )
-
-
 def set_metadata_value(target: pb.MetadataValue, value: MetadataScalar) -> None:
     if isinstance(value, bool):
         target.bool_value = value
@@ -231,9 +206,8 @@ def search_response(results: list[list[Hit]]) -> pb.SearchResponse:
 
 
 class IndexServicer(pb_grpc.IndexServiceServicer):
-    def __init__(self, store: IndexStore, max_response_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, store: IndexStore) -> None:
         self._store = store
-        self._max_response_bytes = max_response_bytes
 
     @translate_errors
     def CreateIndex(
@@ -292,10 +266,9 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     ) -> pb.StreamUpsertDocumentsResponse:
         index_name = ""
         upserted = 0
-        messages = 0
-        for request in request_iterator:
-            messages += 1
-            try:
+        messages = 0  # stored so far; the failing message, if any, is the next one
+        try:
+            for request in request_iterator:  # an oversized message raises here
                 if not index_name:
                     if not request.index_name:
                         raise InvalidArgument("the first message must name the index", "index_name")
@@ -311,13 +284,14 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                         for position, message in enumerate(request.documents)
                     ]
                     upserted += len(self._store.upsert(index_name, documents))
-            except VecserveError as error:
-                # Earlier messages are durable: say how far the stream got so the client can resume.
-                error.args = (
-                    f"message {messages}: {error} ({upserted} documents of the {messages - 1} earlier "
-                    "messages were stored)",
-                )
-                raise
+                messages += 1
+        except VecserveError as error:
+            # Earlier messages are durable: say how far the stream got so the client can resume.
+            error.args = (
+                f"message {messages + 1}: {error} ({upserted} documents of the {messages} earlier "
+                "messages were stored)",
+            )
+            raise
         if not messages:
             raise InvalidArgument("the stream carried no messages", "index_name")
         return pb.StreamUpsertDocumentsResponse(upserted_count=upserted, message_count=messages)
@@ -359,5 +333,4 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             ef_search=request.ef_search if request.HasField("ef_search") else None,
             nprobe=request.nprobe if request.HasField("nprobe") else None,
         )
-        check_response_size(results, self._max_response_bytes)
         return search_response(results)

@@ -19,6 +19,7 @@ from service.errors import (
     InvalidArgument,
     NotFound,
     Overloaded,
+    TooLarge,
     VecserveError,
 )
 
@@ -29,6 +30,7 @@ _CODES: dict[type[VecserveError], tuple[grpc.StatusCode, int]] = {
     NotFound: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
     AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
     Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
+    TooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
     FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
     Cancelled: (grpc.StatusCode.CANCELLED, code_pb2.CANCELLED),
 }

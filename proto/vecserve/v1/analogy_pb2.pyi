@@ -17,12 +17,14 @@ ANALOGY_METHOD_COSADD: AnalogyMethod
 ANALOGY_METHOD_COSMUL: AnalogyMethod
 
 class ScoredWord(_message.Message):
-    __slots__ = ("word", "score")
+    __slots__ = ("word", "score", "ranking_score")
     WORD_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    RANKING_SCORE_FIELD_NUMBER: _ClassVar[int]
     word: str
     score: float
-    def __init__(self, word: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    ranking_score: float
+    def __init__(self, word: _Optional[str] = ..., score: _Optional[float] = ..., ranking_score: _Optional[float] = ...) -> None: ...
 
 class SolveAnalogyRequest(_message.Message):
     __slots__ = ("positive", "negative", "method", "k", "vocabulary_index")

@@ -62,6 +62,13 @@ class SearchCoalescer:
         self._history: LruCache[Hashable, _History] = LruCache(REMEMBERED_KEYS)
         self.calls = 0
 
+    @property
+    def queued_callers(self) -> int:
+        """Callers, over all keys, whose queries are not yet in a search call (a gathering leader's
+        own included)."""
+        with self._lock:
+            return sum(len(requests) for requests in self._queued.values())
+
     def search(
         self,
         key: Hashable,

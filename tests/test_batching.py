@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -15,11 +15,16 @@ import pytest
 
 from clients import VecserveClient
 from clients.local_server import ServerProcess
+from service import batching
 from service.batching import BatchingSettings, DynamicBatcher
 from service.config import Settings
 from service.encoder import Encoder
 from service.errors import InvalidSettings, Overloaded
 from service.server import create_server
+from tests.waiting import wait_until
+
+# A max wait that never runs out during a test: only the calls awaited, or the arrival gap, end a batch.
+AN_HOUR = 3600.0
 
 
 def fake_model(texts: list[str]) -> np.ndarray:
@@ -27,16 +32,37 @@ def fake_model(texts: list[str]) -> np.ndarray:
     return np.array([[float(text.split("-")[1]), len(texts)] for text in texts], dtype=np.float32)
 
 
+class FirstCallHeld:
+    """A model whose first call waits for `release`, so that the calls submitted meanwhile are all
+    queued when it returns (for one worker: its calls never overlap)."""
+
+    def __init__(self, model: Callable[[list[str]], np.ndarray]) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self._model = model
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if not self.started.is_set():
+            self.started.set()
+            self.release.wait(30)
+        return self._model(texts)
+
+
 def test_each_caller_gets_its_own_rows_in_order() -> None:
-    batcher = DynamicBatcher(fake_model, BatchingSettings(max_batch_tokens=10_000, max_wait_seconds=0.01))
+    model = FirstCallHeld(fake_model)
+    batcher = DynamicBatcher(model, BatchingSettings(max_batch_tokens=10_000, max_wait_seconds=0.01))
     try:
 
-        def call(caller: int) -> tuple[int, np.ndarray]:
+        def submit(caller: int) -> tuple[int, Future[np.ndarray]]:
             texts = [f"t-{caller * 100 + i}" for i in range(caller % 5 + 1)]
-            return caller, batcher.run(texts, lengths=[(caller * 7 + i) % 13 + 1 for i in range(len(texts))])
+            lengths = [(caller * 7 + i) % 13 + 1 for i in range(len(texts))]
+            return caller, batcher.submit(texts, lengths)
 
+        # The first model call is held until every call is queued: the others then share a batch.
         with ThreadPoolExecutor(32) as pool:
-            results = list(pool.map(call, range(64)))
+            submitted = list(pool.map(submit, range(64)))
+        model.release.set()
+        results = [(caller, future.result(timeout=30)) for caller, future in submitted]
         for caller, rows in results:
             expected = [caller * 100 + i for i in range(caller % 5 + 1)]
             assert rows[:, 0].tolist() == expected
@@ -76,50 +102,56 @@ def recording(sizes: list[int]) -> Callable[[list[str]], np.ndarray]:
 
 
 def test_a_lone_call_waits_only_the_arrival_gap() -> None:
-    settings = BatchingSettings(max_wait_seconds=5.0, arrival_gap_seconds=0.002)
+    settings = BatchingSettings(max_wait_seconds=AN_HOUR, arrival_gap_seconds=0.002)
     batcher = DynamicBatcher(fake_model, settings)
     try:
-        began = time.monotonic()
-        batcher.run(["t-1"], [3])
-        assert time.monotonic() - began < 2.5  # not held for the 5 s max wait
+        # Answered at all, the call was not held for the max wait.
+        assert batcher.submit(["t-1"], [3]).result(timeout=60)[0, 0] == 1
     finally:
         batcher.close()
 
 
-def test_callers_answered_together_are_awaited_together() -> None:
+class ClockAhead:
+    """Stands in for the batcher's `time` module: its clock, which the test puts forward instead of
+    waiting for time to pass."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+
+def test_callers_answered_together_are_awaited_together(monkeypatch: pytest.MonkeyPatch) -> None:
     """After a batch of four calls, four calls arriving one by one (further apart than the arrival
     gap) still share one model call: the batcher expects the callers it just answered back. Once
-    that batch is long past, calls as far apart run one by one again."""
+    that batch is long past, each call runs alone again, at once."""
     sizes: list[int] = []
-    release = threading.Event()
-
-    def gated(texts: list[str]) -> np.ndarray:
-        release.wait(10)
-        return recording(sizes)(texts)
-
-    batcher = DynamicBatcher(gated, BatchingSettings(max_wait_seconds=1.0, arrival_gap_seconds=0.001))
+    clock = ClockAhead()
+    monkeypatch.setattr(batching, "time", clock)
+    model = FirstCallHeld(recording(sizes))
+    batcher = DynamicBatcher(model, BatchingSettings(max_wait_seconds=AN_HOUR, arrival_gap_seconds=0.001))
     try:
         held = batcher.submit(["t-0"], [1])
-        while batcher.queued_texts:
-            time.sleep(0.001)  # the worker holds the first call in the model
+        assert model.started.wait(30)  # the worker holds the first call in the model
         together = [batcher.submit([f"t-{i}"], [1]) for i in range(1, 5)]
-        release.set()
+        model.release.set()
         for future in [held, *together]:
-            future.result(timeout=10)
+            future.result(timeout=30)
         assert sizes == [1, 4]
 
-        def one_by_one() -> None:
-            futures = []
-            for i in range(4):
-                futures.append(batcher.submit([f"t-{i}"], [1]))
-                time.sleep(0.03)
-            for future in futures:
-                future.result(timeout=10)
-
-        one_by_one()
+        one_by_one = []
+        for i in range(4):
+            one_by_one.append(batcher.submit([f"t-{i}"], [1]))
+            time.sleep(0.03)  # at least this far apart: more than the arrival gap
+        for future in one_by_one:
+            future.result(timeout=30)
         assert sizes == [1, 4, 4]
-        time.sleep(1.1)  # longer than the max wait: the previous callers are not expected any more
-        one_by_one()
+
+        clock.ahead = 2 * AN_HOUR  # longer than the max wait: the previous callers are not expected any more
+        for i in range(4):
+            # Answered at all, the call was not held for the max wait awaiting the others.
+            batcher.submit([f"t-{i}"], [1]).result(timeout=60)
         assert sizes == [1, 4, 4, 1, 1, 1, 1]
     finally:
         batcher.close()
@@ -136,12 +168,12 @@ def test_full_queue_is_refused_at_once_and_recovers() -> None:
     batcher = DynamicBatcher(blocked_model, BatchingSettings(max_queued_texts=4, max_wait_seconds=0))
     try:
         running = batcher.submit(["t-0"], [1])
-        started.wait(5)  # the worker holds the first job; the queue is empty again
+        assert started.wait(10)  # the worker holds the first job; the queue is empty again
         queued = batcher.submit(["t-1", "t-2", "t-3", "t-4"], [1, 1, 1, 1])
-        began = time.monotonic()
         with pytest.raises(Overloaded, match="queue is full"):
             batcher.submit(["t-5"], [1])
-        assert time.monotonic() - began < 0.5
+        # Refused while the model still holds the first job: the call did not wait for room.
+        assert not queued.done() and batcher.queued_texts == 4
         release.set()
         assert running.result(10)[0, 0] == 0
         assert queued.result(10)[:, 0].tolist() == [1, 2, 3, 4]
@@ -199,7 +231,12 @@ def test_concurrent_callers_are_spread_over_the_workers(workers: int) -> None:
         with lock:
             running += 1
             most_running = max(most_running, running)
+            first = not sizes
             sizes.append(len(texts))
+        if first:
+            # The callers left out of the first batch are queued for the other worker, if any: the
+            # first waits until every worker runs a batch, so that the overlap is not left to timing.
+            wait_until(lambda: running == workers, f"{workers} batches running at once")
         time.sleep(0.02)  # a model call long enough for the other callers to queue behind it
         with lock:
             running -= 1
@@ -270,8 +307,7 @@ def test_a_batch_that_starts_beside_another_gets_a_share_of_the_threads(
     all_threads = encoder._torch_threads.threads
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(encoder._run_model, inputs[:1])
-        while not threads_seen:
-            time.sleep(0.001)  # the first call is in the model before the second starts
+        wait_until(lambda: len(threads_seen) > 0, "the first call in the model before the second starts")
         second = pool.submit(encoder._run_model, inputs[1:])
         rows = np.vstack([first.result(timeout=60), second.result(timeout=60)])
     assert threads_seen == [all_threads, max(1, all_threads // 2)]

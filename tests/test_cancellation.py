@@ -18,6 +18,7 @@ from service.batching import BatchingSettings, DynamicBatcher
 from service.config import default_model_path
 from service.encoder import Encoder
 from service.errors import Cancelled
+from tests.waiting import wait_until
 
 SETTINGS = BatchingSettings(max_batch_tokens=1000, max_wait_seconds=0.0, max_queued_texts=100)
 
@@ -97,22 +98,29 @@ def test_a_cancelled_upload_stream_stops_and_logs_no_error(
                 index_name="cancelled-stream",
                 documents=[index_pb2.Document(id=f"d{number}", vector=[1.0, 2.0, 3.0, float(number)])],
             )
-            time.sleep(0.005)
+            time.sleep(0.005)  # a stream lasting far longer than the test takes to cancel it
+
+    def stored() -> int:
+        return client.get_index("cancelled-stream").document_count
+
+    def upload_access_records() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name == "vecserve.access" and "StreamUpsertDocuments" in r.getMessage()
+        ]
 
     with caplog.at_level(logging.INFO):
         upload = client.indexes.StreamUpsertDocuments.future(messages(), timeout=120)
-        time.sleep(0.5)
+        wait_until(lambda: stored() > 0, "the first streamed documents stored")
         upload.cancel()
         with pytest.raises(grpc.FutureCancelledError):
             upload.result()
-        time.sleep(0.5)  # let the server notice
-        stored = client.get_index("cancelled-stream").document_count
-        time.sleep(0.5)
-        assert client.get_index("cancelled-stream").document_count == stored
-    assert 0 < stored < 10_000
+        # The access record is written when the server's handler has ended: nothing stores any more.
+        wait_until(lambda: len(upload_access_records()) > 0, "the server to end the cancelled stream")
+        stored_after_cancel = stored()
+        assert stored() == stored_after_cancel
+    assert 0 < stored_after_cancel < 10_000
     assert len(sent) < 10_000
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
-    access = [
-        r for r in caplog.records if r.name == "vecserve.access" and "StreamUpsertDocuments" in r.getMessage()
-    ]
-    assert [r.fields["code"] for r in access] == ["CANCELLED"]  # type: ignore[attr-defined]
+    assert [r.fields["code"] for r in upload_access_records()] == ["CANCELLED"]  # type: ignore[attr-defined]

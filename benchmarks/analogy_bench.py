@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from clients import VecserveClient
 from clients.commands.analogy import evaluate_analogies, evaluate_similarity, print_analogy_report
-from service.analogy import (
+from service.analogy.engine import (
     DEFAULT_SCORING,
     TEXTBOOK_SCORING,
     AnalogyEngine,
@@ -34,10 +34,15 @@ from service.analogy import (
     score_similarities,
     top_k,
 )
+from service.analogy.evaluation import (
+    AnalogyQuestion,
+    WordPairScore,
+    read_analogy_questions,
+    read_similarity_pairs,
+)
 from service.config import Settings, default_model_path
-from service.encoder import Encoder
-from service.evaluation import AnalogyQuestion, WordPairScore, read_analogy_questions, read_similarity_pairs
-from service.server import create_server
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import create_server
 
 LATENCY_CALLS = 50
 

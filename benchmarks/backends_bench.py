@@ -20,9 +20,9 @@ import numpy as np
 from benchmarks.common import Report, machine_context, short_texts
 from clients import VecserveClient
 from clients.local_server import ServerProcess
-from service import backends
 from service.config import default_model_path
-from service.encoder import Encoder
+from service.embedding import backends
+from service.embedding.encoder import Encoder
 
 BATCH = 64
 ROUNDS = 2

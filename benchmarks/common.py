@@ -15,12 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import service  # noqa: F401 - applies the server's threading defaults: both sides of a comparison run with them
 from clients import VecserveClient
-from service.runtime import apply_threading_defaults
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Both sides of every comparison run with the server's threading defaults.
-apply_threading_defaults()
 
 
 @dataclass

@@ -99,11 +99,11 @@ def per_call_overhead(report: Report, count: int) -> None:
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
 
-    from service.batching import BatchingSettings
     from service.config import Settings, default_model_path
-    from service.encoder import Encoder
-    from service.logging_setup import TextFormatter
-    from service.server import create_server
+    from service.embedding.batching import BatchingSettings
+    from service.embedding.encoder import Encoder
+    from service.grpc_server.server import create_server
+    from service.observability.logs import TextFormatter
 
     # Access lines are formatted and written as a served process does, to a sink instead of stderr.
     sink = logging.FileHandler(os.devnull)

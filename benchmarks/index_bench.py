@@ -26,8 +26,8 @@ import numpy as np
 from benchmarks.common import Report, machine_context, percentile, short_texts
 from clients import VecserveClient
 from clients.local_server import ServerProcess
-from service import index_store
-from service.index_store import Condition, Document, HnswParams, IndexStore, Query
+from service.index import store as index_store
+from service.index.store import Condition, Document, HnswParams, IndexStore, Query
 
 DIMENSION = 384
 LOAD_BATCH = 20_000

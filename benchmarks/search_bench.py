@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.common import Report, concurrent_calls
 from clients import VecserveClient
 from clients.local_server import ServerProcess
-from service.index_store import Document, IndexKind, IndexStore
+from service.index.store import Document, IndexKind, IndexStore
 
 DIMENSION = 384
 CLIENTS = 32

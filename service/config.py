@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.backends import BACKENDS, TORCH
-from service.batching import AUTO_MODEL_WORKERS, BatchingSettings
+from service.embedding.backends import BACKENDS, TORCH
+from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings
 from service.errors import InvalidSettings
-from service.logging_setup import LOG_FORMATS
+from service.observability.logs import LOG_FORMATS
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = "indexes"
@@ -33,7 +33,7 @@ class Settings:
     # None means the packaged default model.
     model: str | None = None
     device: str = "auto"
-    # What runs the model on the CPU: torch, or a faster OpenVINO build (see service/backends.py).
+    # What runs the model on the CPU: torch, or a faster OpenVINO build (see service/embedding/backends.py).
     backend: str = TORCH
     max_texts_per_request: int = 1024
     max_text_characters: int = 100_000
@@ -44,7 +44,7 @@ class Settings:
     worker_threads: int = 32
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace_seconds: float = 10.0
-    # Dynamic batching of concurrent encoder calls (see service/batching.py).
+    # Dynamic batching of concurrent encoder calls (see service/embedding/batching.py).
     dynamic_batching: bool = True
     max_batch_tokens: int = 16384
     max_batch_wait_ms: float = 10.0
@@ -57,7 +57,7 @@ class Settings:
     max_documents_per_request: int = 1024
     # Changes to an index after which its search structure is snapshotted to disk (and on close).
     index_snapshot_every: int = 50_000
-    # File of "ROLE TOKEN" lines (see service/auth.py); None serves without authentication.
+    # File of "ROLE TOKEN" lines (see service/grpc_server/auth.py); None serves without authentication.
     tokens_file: Path | None = None
     # PEM certificate chain and key: serve TLS instead of plaintext.
     tls_cert: Path | None = None
@@ -68,7 +68,7 @@ class Settings:
     metrics_listen: str | None = None
     # Log lines as "text" (human, ending in key=value fields) or "json" (one object per line).
     log_format: str = "text"
-    # Most frequent English words forming the built-in analogy vocabulary (see service/vocabulary.py).
+    # Most frequent English words forming the built-in analogy vocabulary (see service/analogy/vocabulary.py).
     vocabulary_size: int = 30_000
 
     def __post_init__(self) -> None:

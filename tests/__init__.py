@@ -3,8 +3,7 @@ faiss or tokenizers are imported."""
 
 import os
 
-from service.runtime import apply_threading_defaults
+import service  # noqa: F401 - applies the process-wide threading defaults, as every entry point does
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-apply_threading_defaults()

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from clients import VecserveClient
-from service.batching import AUTO_MODEL_WORKERS, BatchingSettings
 from service.config import Settings, default_model_path
-from service.encoder import Encoder
-from service.server import RunningServer, create_server
+from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import RunningServer, create_server
 
 
 @pytest.fixture(scope="session")

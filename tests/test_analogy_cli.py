@@ -11,10 +11,10 @@ import pytest
 
 from clients.cli import main
 from clients.commands.analogy import SERVER_WORD_TEMPLATE, draw_plot, parse_plot_words, project_2d
-from service import analogy
+from service.analogy import engine as analogy
 from service.config import Settings
-from service.encoder import Encoder
-from service.server import RunningServer, create_server
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import RunningServer, create_server
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.analogy import (
+from service.analogy.engine import (
     COSMUL_EPSILON,
     DEFAULT_SCORING,
     TEXT_TEMPLATE,
@@ -25,10 +25,10 @@ from service.analogy import (
     normalize_word,
     top_k,
 )
-from service.encoder import Encoder, Token, TokenizedText
+from service.analogy.vocabulary import VOCABULARY_DIRECTORY, DefaultVocabulary, english_words, model_key
+from service.embedding.encoder import Encoder, Token, TokenizedText
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
-from service.index_store import Document, IndexStore, check_name
-from service.vocabulary import VOCABULARY_DIRECTORY, DefaultVocabulary, english_words, model_key
+from service.index.store import Document, IndexStore, check_name
 
 # Axes: person, royal, female, fruit.
 HAND_BUILT = {

@@ -12,11 +12,11 @@ from grpc_status import rpc_status
 from vecserve.v1 import analogy_pb2
 
 from clients import VecserveClient
-from service.analogy import DEFAULT_SCORING, TEXTBOOK_SCORING, AnalogyMethod, score_similarities, top_k
+from service.analogy.engine import DEFAULT_SCORING, TEXTBOOK_SCORING, AnalogyMethod, score_similarities, top_k
+from service.analogy.evaluation import read_analogy_questions
 from service.config import Settings
-from service.encoder import Encoder
-from service.evaluation import read_analogy_questions
-from service.server import RunningServer, create_server
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import RunningServer, create_server
 
 # Enough of the most frequent English words for the classic analogies below.
 VOCABULARY_SIZE = 5000

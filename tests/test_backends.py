@@ -17,12 +17,12 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from clients import VecserveClient
-from service import backends
-from service.batching import AUTO_MODEL_WORKERS, BatchingSettings
 from service.config import Settings, default_model_path
-from service.encoder import Encoder
+from service.embedding import backends
+from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings
+from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
-from service.server import create_server
+from service.grpc_server.server import create_server
 
 # Texts outside the guard set, so that the guard is not the only evidence of quality.
 SEARCH_STYLE_TEXTS = [

@@ -15,12 +15,12 @@ import pytest
 
 from clients import VecserveClient
 from clients.local_server import ServerProcess
-from service import batching
-from service.batching import BatchingSettings, DynamicBatcher
 from service.config import Settings
-from service.encoder import Encoder
+from service.embedding import batching
+from service.embedding.batching import BatchingSettings, DynamicBatcher
+from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings, Overloaded
-from service.server import create_server
+from service.grpc_server.server import create_server
 from tests.waiting import wait_until
 
 # A max wait that never runs out during a test: only the calls awaited, or the arrival gap, end a batch.

@@ -14,9 +14,9 @@ import pytest
 from vecserve.v1 import index_pb2
 
 from clients import VecserveClient
-from service.batching import BatchingSettings, DynamicBatcher
 from service.config import default_model_path
-from service.encoder import Encoder
+from service.embedding.batching import BatchingSettings, DynamicBatcher
+from service.embedding.encoder import Encoder
 from service.errors import Cancelled
 from tests.waiting import wait_until
 

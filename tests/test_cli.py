@@ -13,8 +13,8 @@ import pytest
 
 from clients.cli import main
 from service.config import Settings
-from service.encoder import Encoder
-from service.server import create_server
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import create_server
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], address: str, *args: str) -> tuple[int, str, str]:

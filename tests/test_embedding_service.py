@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from clients import VecserveClient
-from service.encoder import Encoder
+from service.embedding.encoder import Encoder
 
 
 def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
@@ -126,7 +126,7 @@ def test_oversized_message_is_resource_exhausted(client: VecserveClient) -> None
     # reach because the transport refuses the message first.
     error = rpc_error(client.embed, ["y" * 65536] * 70)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "larger than max" in error.details()
+    assert "4,194,304 bytes" in error.details() and "--max-message-bytes" in error.details()
 
 
 def test_model_info_reports_encoder_and_limits(client: VecserveClient) -> None:
@@ -182,7 +182,7 @@ def test_reflection_serves_the_embed_descriptor(address: str) -> None:
 
 def test_request_character_total_is_limited(encoder: Encoder, tmp_path) -> None:
     from service.config import Settings
-    from service.server import create_server
+    from service.grpc_server.server import create_server
 
     running = create_server(
         Settings(listen="127.0.0.1:0", data_dir=tmp_path, max_request_characters=1000), encoder=encoder

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from service.batching import AUTO_MODEL_WORKERS, BatchingSettings
 from service.config import default_model_path
-from service.encoder import Encoder, resolve_device
+from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings
+from service.embedding.encoder import Encoder, resolve_device
+from service.embedding.model_inputs import InputPreparer
 from service.errors import InvalidArgument, InvalidSettings
-from service.model_inputs import InputPreparer
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""service.evaluation: test-set readers, analogy scoring and Spearman correlation, without a server."""
+"""service.analogy.evaluation: test-set readers, analogy scoring and Spearman, without a server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.evaluation import (
+from service.analogy.evaluation import (
     AnalogyQuestion,
     SectionScore,
     WordPairScore,
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_module_needs_no_grpc() -> None:
     # A fresh interpreter, so that modules other tests loaded do not count.
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, service.evaluation; print(' '.join(sys.modules))"],
+        [sys.executable, "-c", "import sys, service.analogy.evaluation; print(' '.join(sys.modules))"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -18,12 +18,18 @@ from hypothesis import strategies as st
 from vecserve.v1 import index_pb2
 
 from clients import VecserveClient
-from service.analogy import MAX_WORDS_PER_REQUEST, TEXTBOOK_SCORING, AnalogyEngine, AnalogyMethod, Vocabulary
+from service.analogy.engine import (
+    MAX_WORDS_PER_REQUEST,
+    TEXTBOOK_SCORING,
+    AnalogyEngine,
+    AnalogyMethod,
+    Vocabulary,
+)
 from service.config import Settings
-from service.encoder import Encoder, Token, TokenizedText
+from service.embedding.encoder import Encoder, Token, TokenizedText
 from service.errors import InvalidArgument, TooLarge
-from service.index_store import Document, IndexStore, Query
-from service.server import RunningServer, create_server
+from service.grpc_server.server import RunningServer, create_server
+from service.index.store import Document, IndexStore, Query
 
 SMALL_MESSAGES = 64 * 1024
 PROPERTY_SETTINGS = settings(

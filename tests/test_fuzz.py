@@ -26,8 +26,8 @@ from vecserve.v1 import index_pb2
 
 from clients import VecserveClient
 from service.config import Settings
-from service.encoder import Encoder
-from service.server import RunningServer, create_server
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import RunningServer, create_server
 from tests.rpcs import Rpc, all_rpcs, call, call_raw, served_services, status_code
 
 # Codes a valid server may answer malformed input with. UNKNOWN and INTERNAL are server faults,

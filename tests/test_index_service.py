@@ -17,8 +17,8 @@ from vecserve.v1 import index_pb2
 from clients import VecserveClient
 from clients.client import build_filter, make_document, python_value
 from service.config import Settings
-from service.encoder import Encoder
-from service.server import create_server
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import create_server
 
 CORPUS = {
     "eiffel": "The Eiffel Tower is a wrought-iron lattice tower in Paris.",

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import index_store
-from service.encoder import Encoder
+from service.embedding.encoder import Encoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from service.index_store import (
+from service.index import store as index_store
+from service.index.store import (
     Condition,
     Document,
     HnswParams,

@@ -11,8 +11,8 @@ import pytest
 
 from clients import VecserveClient
 from service.config import Settings
-from service.encoder import Encoder
-from service.server import create_server
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import create_server
 
 LIMIT = 32 * 1024
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.lru import LruCache
+from service.common.lru import LruCache
 
 
 def test_the_least_recently_used_entry_goes_first() -> None:

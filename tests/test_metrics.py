@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients import VecserveClient
 from service.config import Settings
-from service.encoder import Encoder
+from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
-from service.server import RunningServer, create_server
+from service.grpc_server.server import RunningServer, create_server
 
 EMBEDDING = "vecserve.v1.EmbeddingService"
 INDEXES = "vecserve.v1.IndexService"

@@ -14,8 +14,8 @@ import pytest
 
 from clients import VecserveClient
 from service.config import Settings
-from service.encoder import Encoder
-from service.server import create_server
+from service.embedding.encoder import Encoder
+from service.grpc_server.server import create_server
 from tests.certs import CertFiles, CertificateAuthority
 
 NODE_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"

@@ -58,8 +58,8 @@ def test_signal_finishes_in_flight_call_and_exits_zero(tmp_path: Path, signum: i
 def test_a_taken_port_is_refused_and_releases_the_data_dir(encoder, server, tmp_path: Path) -> None:
     from service.config import Settings
     from service.errors import InvalidSettings
-    from service.index_store import IndexStore
-    from service.server import create_server
+    from service.grpc_server.server import create_server
+    from service.index.store import IndexStore
 
     data_dir = tmp_path / "second"
     with pytest.raises(InvalidSettings, match="cannot listen"):

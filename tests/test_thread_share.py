@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from service.thread_share import ThreadShare
+from service.common.thread_share import ThreadShare
 
 
 def test_a_lone_call_gets_every_thread_capped_by_its_need() -> None:

@@ -13,9 +13,9 @@ import pytest
 from clients import VecserveClient
 from clients.cli import main as cli_main
 from service.config import Settings
-from service.encoder import Encoder
+from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
-from service.server import RunningServer, create_server
+from service.grpc_server.server import RunningServer, create_server
 from tests.certs import CertFiles, CertificateAuthority
 
 # Failed handshakes surface as UNAVAILABLE; a short deadline keeps the retries from taking long.

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 from clients.client import VecserveClient
 from clients.commands.shared import connect, print_json
-from service.evaluation import (
+from service.analogy.evaluation import (
     AnalogyQuestion,
     WordPairScore,
     read_analogy_questions,
@@ -32,9 +32,9 @@ METHODS = ("cosmul", "cosadd")
 EVAL_WORKERS = 8
 # Arguments of `plot` that name a relation: FROM->TO.
 ARROW = "->"
-# How the analogy service writes a word for the encoder (service.analogy.WORD_TEMPLATE), so that plotted
-# points are the vectors that analogies and relation comparisons are computed from. Hard-coded here, the
-# one place the client assumes it, until the client reads it from the server's GetVocabulary.
+# How the analogy service writes a word for the encoder (service.analogy.engine.WORD_TEMPLATE), so
+# that plotted points are the vectors that analogies and relation comparisons are computed from.
+# Hard-coded here, the one place the client assumes it, until it reads it from GetVocabulary.
 SERVER_WORD_TEMPLATE = '"{}"'
 
 

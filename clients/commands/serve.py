@@ -137,14 +137,23 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so client-only commands start fast and need no model stack.
-    from service.runtime import apply_threading_defaults
-
-    apply_threading_defaults()
     from service.errors import InvalidSettings
-    from service.server import serve
+    from service.grpc_server.server import serve
 
     try:
         return serve(settings_from_args(args))
     except InvalidSettings as error:
         print(f"error: invalid settings: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # a start-up failure is one line for the operator, never a traceback
+        print(f"error: cannot start: {describe_failure(error)}", file=sys.stderr)
+    return 2
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line: the error's own words, with its type when they do not say what went wrong."""
+    from service.errors import VecserveError
+
+    text = " ".join(str(error).split())
+    if isinstance(error, VecserveError | OSError) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -7,10 +7,10 @@ from vecserve.v1 import embedding_pb2 as pb
 from vecserve.v1 import embedding_pb2_grpc as pb_grpc
 
 from service import __version__
+from service.common.validation import check_texts
 from service.config import Settings
-from service.encoder import Encoder
-from service.servicers.status import translate_errors
-from service.validation import check_texts
+from service.embedding.encoder import Encoder
+from service.grpc_server.servicers.status import translate_errors
 
 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):

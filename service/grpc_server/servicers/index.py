@@ -10,7 +10,8 @@ from vecserve.v1 import index_pb2 as pb
 from vecserve.v1 import index_pb2_grpc as pb_grpc
 
 from service.errors import InvalidArgument, VecserveError
-from service.index_store import (
+from service.grpc_server.servicers.status import translate_errors
+from service.index.store import (
     Condition,
     Document,
     Hit,
@@ -27,7 +28,6 @@ from service.index_store import (
     Query,
     Sq8Params,
 )
-from service.servicers.status import translate_errors
 
 METRICS = {
     pb.METRIC_COSINE: Metric.COSINE,

@@ -21,10 +21,10 @@ from typing import Protocol
 
 import numpy as np
 
-from service.encoder import TokenizedText
+from service.common.lru import LruCache
+from service.embedding.encoder import TokenizedText
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
-from service.index_store import check_name
-from service.lru import LruCache
+from service.index.store import check_name
 
 DEFAULT_K = 10
 MAX_K = 1000
@@ -87,7 +87,7 @@ DEFAULT_SCORING = AnalogyScoring(negative_weight=0.6, direction_weight=0.4, freq
 
 
 class TextEncoder(Protocol):
-    """What the engine needs from the encoder (service.encoder.Encoder satisfies it)."""
+    """What the engine needs from the encoder (service.embedding.encoder.Encoder satisfies it)."""
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray: ...
 
@@ -384,7 +384,7 @@ def check_k(k: int, field_name: str = "k") -> int:
 class AnalogyEngine:
     """Analogies, relation comparisons and similar words; safe to call from many threads.
 
-    default_vocabulary provides the built-in vocabulary (see service.vocabulary), waiting while
+    default_vocabulary provides the built-in vocabulary (see service.analogy.vocabulary), waiting while
     it is built; index_vocabulary, when given, turns a user's index into a vocabulary. With
     index_generation too, such a vocabulary is built once and reused until the index changes.
     """

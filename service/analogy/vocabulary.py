@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.analogy import WORD_TEMPLATE, TextEncoder, Vocabulary
+from service.analogy.engine import WORD_TEMPLATE, TextEncoder, Vocabulary
 from service.errors import FailedPrecondition, Overloaded
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.embedding.model_inputs import InputPreparer
 from service.errors import InvalidSettings
-from service.model_inputs import InputPreparer
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

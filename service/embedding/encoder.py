@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service import backends
-from service.batching import AUTO_MODEL_WORKERS, BatchingSettings, CancelCheck, DynamicBatcher
+from service.common.thread_share import ThreadShare
+from service.embedding import backends
+from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings, CancelCheck, DynamicBatcher
+from service.embedding.model_inputs import InputPreparer, TextInput
 from service.errors import Cancelled, InvalidArgument, InvalidSettings
-from service.model_inputs import InputPreparer, TextInput
-from service.thread_share import ThreadShare
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -42,7 +42,7 @@ class ModelInfo:
     vocabulary_size: int
     device: str
     dtype: str
-    # What runs the model: "torch" or one of the faster CPU backends in service/backends.py.
+    # What runs the model: "torch" or one of the faster CPU backends in service/embedding/backends.py.
     backend: str = backends.TORCH
 
 

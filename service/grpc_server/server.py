@@ -1,4 +1,4 @@
-"""Builds the gRPC server around the core components and runs it until SIGTERM/SIGINT."""
+"""The gRPC transport: builds the server over the core and runs it until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -22,39 +22,42 @@ from vecserve.v1 import (
     index_pb2_grpc,
 )
 
-from service.analogy import AnalogyEngine
-from service.auth import AuthInterceptor, load_tokens
+from service.analogy.vocabulary import DefaultVocabulary
 from service.config import Settings
-from service.encoder import Encoder
+from service.core import Core, build_core
+from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
-from service.index_store import IndexStore
-from service.interceptors import Drain, ObservingInterceptor, receive_limit
-from service.logging_setup import configure_logging
-from service.metrics import MetricsHttpServer, ServerMetrics
-from service.servicers.analogy import AnalogyServicer
-from service.servicers.embedding import EmbeddingServicer
-from service.servicers.index import IndexServicer
-from service.tls import server_credentials
-from service.vocabulary import DefaultVocabulary, model_key
+from service.grpc_server.auth import AuthInterceptor, load_tokens
+from service.grpc_server.interceptors import Drain, ObservingInterceptor, receive_limit
+from service.grpc_server.servicers.analogy import AnalogyServicer
+from service.grpc_server.servicers.embedding import EmbeddingServicer
+from service.grpc_server.servicers.index import IndexServicer
+from service.grpc_server.tls import server_credentials
+from service.observability.logs import configure_logging
+from service.observability.metrics import MetricsHttpServer, ServerMetrics
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunningServer:
-    """A started server, the port it bound and what must be closed when it stops."""
+    """A started server, the port it bound, its core and what must be closed when it stops."""
 
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    core: Core
     closers: list[Callable[[], None]] = field(default_factory=list)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     # Port of the /metrics HTTP endpoint, when one was asked for.
     metrics_port: int | None = None
-    # The built-in analogy vocabulary, built on first use or by calling its start().
-    vocabulary: DefaultVocabulary | None = None
     # Counts the calls in flight, and refuses new ones once stop() has begun.
     drain: Drain = field(default_factory=Drain)
+
+    @property
+    def vocabulary(self) -> DefaultVocabulary:
+        """The built-in analogy vocabulary, built on first use or by calling its start()."""
+        return self.core.vocabulary
 
     def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets in-flight calls finish within grace seconds, then closes the core.
@@ -77,7 +80,8 @@ def _service_name(descriptor_module: object, service: str) -> str:
 
 
 def create_server(settings: Settings, encoder: Encoder | None = None) -> RunningServer:
-    """Builds and starts a server on settings.listen ("127.0.0.1:0" picks a free port)."""
+    """Builds the core and starts a server over it on settings.listen ("127.0.0.1:0" picks a free
+    port). A given encoder is shared, not owned: the caller closes it."""
     # Tokens and certificates are checked before the slow model load, so mistakes show at once.
     metrics = ServerMetrics()
     # The observer goes first (outermost), so refused calls are logged and counted too.
@@ -88,17 +92,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     credentials = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-    closers: list[Callable[[], None]] = []
-    if encoder is None:
-        encoder = Encoder(
-            settings.model_name_or_path,
-            settings.device,
-            batching=settings.batching,
-            max_texts_per_request=settings.max_texts_per_request,
-            backend=settings.backend,
-            cache_dir=settings.model_cache_dir,
-        )
-        closers.append(encoder.close)
+    core = build_core(settings, encoder)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
         options=[
@@ -109,40 +103,18 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         ],
         interceptors=interceptors,
     )
-    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(encoder, settings), server)
-    service_names = [_service_name(embedding_pb2, "EmbeddingService")]
-    store = IndexStore(
-        settings.data_dir,
-        encoder,
-        max_documents_per_request=settings.max_documents_per_request,
-        max_queries_per_request=settings.max_texts_per_request,
-        max_text_characters=settings.max_text_characters,
-        max_texts_per_encode=settings.max_texts_per_request,
-        snapshot_every=settings.index_snapshot_every,
-        search_batching=settings.search_batching,
-        max_response_bytes=settings.max_message_bytes,
+    metrics.watch_encoder(core.encoder)
+    metrics.watch_store(core.store)
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+        EmbeddingServicer(core.encoder, settings), server
     )
-    closers.append(store.close)
-    metrics.watch_encoder(encoder)
-    metrics.watch_store(store)
-    index_pb2_grpc.add_IndexServiceServicer_to_server(
-        IndexServicer(store), server
-    )
-    service_names.append(_service_name(index_pb2, "IndexService"))
-    info = encoder.info
-    vocabulary = DefaultVocabulary(
-        encoder,
-        settings.data_dir,
-        model_key(info.model_name, info.dimension, info.dtype, info.backend),
-        settings.vocabulary_size,
-        info.dimension,
-    )
-    engine = AnalogyEngine(
-        encoder, vocabulary, index_vocabulary=store.texts_and_vectors, index_generation=store.generation
-    )
-    analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(engine), server)
-    service_names.append(_service_name(analogy_pb2, "AnalogyService"))
-
+    index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(core.store), server)
+    analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(core.analogies), server)
+    service_names = [
+        _service_name(embedding_pb2, "EmbeddingService"),
+        _service_name(index_pb2, "IndexService"),
+        _service_name(analogy_pb2, "AnalogyService"),
+    ]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*service_names, ""]:
@@ -156,17 +128,16 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         else:
             port = server.add_insecure_port(settings.listen)
     except RuntimeError as error:
-        for close in closers:  # release the data directory's lock and the batching worker
-            close()
+        core.close()  # release the data directory's lock and the batching worker
         raise InvalidSettings(f"cannot listen on {settings.listen}: {error}") from error
     server.start()
     running = RunningServer(
         server=server,
         port=port,
         health=health_servicer,
-        closers=closers,
+        core=core,
+        closers=[core.close],
         metrics=metrics,
-        vocabulary=vocabulary,
         drain=observer.drain,
     )
     if settings.metrics_listen is not None:
@@ -176,7 +147,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
             running.stop(0)
             raise
         running.metrics_port = metrics_server.port
-        closers.insert(0, metrics_server.stop)
+        running.closers.insert(0, metrics_server.stop)
     log.info(
         "vecserve listening on %s (port %d, %s, %s)",
         settings.listen,
@@ -199,8 +170,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     running = create_server(settings)
-    if running.vocabulary is not None:  # loads or embeds it in the background, so first calls are fast
-        running.vocabulary.start()
+    running.vocabulary.start()  # loads or embeds it in the background, so first calls are fast
     stop_requested.wait()
     running.stop(settings.shutdown_grace_seconds)
     log.info("stopped")

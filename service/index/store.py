@@ -57,10 +57,10 @@ from typing import Protocol
 import faiss
 import numpy as np
 
+from service.common.thread_share import ThreadShare
+from service.common.validation import check_unicode
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
-from service.search_batching import SearchCoalescer
-from service.thread_share import ThreadShare
-from service.validation import check_unicode
+from service.index.search_batching import SearchCoalescer
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import grpc
 from vecserve.v1 import analogy_pb2 as pb
 from vecserve.v1 import analogy_pb2_grpc as pb_grpc
 
-from service.analogy import AnalogyEngine, AnalogyMethod, ScoredWord
+from service.analogy.engine import AnalogyEngine, AnalogyMethod, ScoredWord
 from service.errors import InvalidArgument
-from service.servicers.status import translate_errors
+from service.grpc_server.servicers.status import translate_errors
 
 _METHODS = {
     pb.ANALOGY_METHOD_UNSPECIFIED: AnalogyMethod.COSMUL,
@@ -32,7 +32,9 @@ def _wait_budget(context: grpc.ServicerContext) -> float | None:
 
 
 def _scored(words: list[ScoredWord]) -> list[pb.ScoredWord]:
-    return [pb.ScoredWord(word=item.word, score=item.score, ranking_score=item.ranking_score) for item in words]
+    return [
+        pb.ScoredWord(word=item.word, score=item.score, ranking_score=item.ranking_score) for item in words
+    ]
 
 
 class AnalogyServicer(pb_grpc.AnalogyServiceServicer):

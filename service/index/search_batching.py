@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from service.lru import LruCache
+from service.common.lru import LruCache
 
 Hits = TypeVar("Hits")
 # A leader waits for expected callers at most this fraction of the last run's duration.

@@ -26,9 +26,9 @@ from typing import Any
 import grpc
 
 from service.errors import TooLarge
-from service.logging_setup import REQUEST_ID
-from service.metrics import MethodMetrics, ServerMetrics
-from service.servicers.status import abort_with_error
+from service.grpc_server.servicers.status import abort_with_error
+from service.observability.logs import REQUEST_ID
+from service.observability.metrics import MethodMetrics, ServerMetrics
 
 log = logging.getLogger("vecserve.access")
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of one server, served over HTTP when a metrics address is configured.
 
 Each server has its own registry (so several servers in one process, as in tests, never share
-counters). Calls are counted by the interceptor in service/interceptors.py; queue depth, cancelled
+counters). Calls are counted by the interceptor in service/grpc_server/interceptors.py; queue depth, cancelled
 encoder jobs and the indexes' sizes are read from the core at scrape time by collectors.
 """
 
@@ -17,9 +17,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.config import parse_host_port
-from service.encoder import Encoder
+from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings, VecserveError
-from service.index_store import IndexInfo, IndexStore
+from service.index.store import IndexInfo, IndexStore
 
 log = logging.getLogger(__name__)
 

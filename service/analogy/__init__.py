@@ -1,0 +1,1 @@
+"""Meaning as geometry: analogies, relations and nearest words over a vocabulary, and their evaluation."""

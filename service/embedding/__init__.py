@@ -1,0 +1,1 @@
+"""Text to vectors: the encoder, its model inputs, dynamic batching and the CPU/GPU backends."""

@@ -1,0 +1,1 @@
+"""The gRPC transport: server, servicers, interceptors, bearer-token auth and TLS over the core."""

@@ -1,1 +1,0 @@
-"""The gRPC transport: servicers translate messages to core calls and domain errors to status codes."""

@@ -17,17 +17,15 @@ import threading
 import unicodedata
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from service.common.limits import check_k
 from service.common.lru import LruCache
-from service.embedding.encoder import TokenizedText
+from service.embedding.protocol import TextEncoder
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
 from service.index.store import check_name
 
-DEFAULT_K = 10
-MAX_K = 1000
 MAX_WORDS_PER_REQUEST = 256
 # Vocabularies built from users' indexes kept in memory (each holds a copy of its index's vectors).
 MAX_CACHED_INDEX_VOCABULARIES = 4
@@ -84,14 +82,6 @@ TEXTBOOK_SCORING = AnalogyScoring()
 # Tuned on the even-numbered questions of questions-words.txt with the default model and 30,000
 # words; the odd-numbered ones moved alike: 3CosMul 53.96% -> 59.50% (even), 58.49% -> 62.66% (odd).
 DEFAULT_SCORING = AnalogyScoring(negative_weight=0.6, direction_weight=0.4, frequency_penalty=0.01)
-
-
-class TextEncoder(Protocol):
-    """What the engine needs from the encoder (service.embedding.encoder.Encoder satisfies it)."""
-
-    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray: ...
-
-    def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[TokenizedText]: ...
 
 
 # Texts and vectors of a named index, for using a user's index as the vocabulary; raises NotFound.
@@ -368,17 +358,6 @@ def relation_report(
     return cosine(*reference), [
         (cosine(second - first, reference_offset), cosine(first, second)) for first, second in candidates
     ]
-
-
-def check_k(k: int, field_name: str = "k") -> int:
-    """k as asked: 0 means the default of 10; otherwise 1 to 1000."""
-    if k == 0:
-        return DEFAULT_K
-    if not 1 <= k <= MAX_K:
-        raise InvalidArgument(
-            f"{field_name} must be between 1 and {MAX_K} (0 for {DEFAULT_K}), got {k}", field_name
-        )
-    return k
 
 
 class AnalogyEngine:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.analogy.engine import WORD_TEMPLATE, TextEncoder, Vocabulary
+from service.analogy.engine import WORD_TEMPLATE, Vocabulary
+from service.embedding.protocol import TextEncoder
 from service.errors import FailedPrecondition, Overloaded
 
 log = logging.getLogger(__name__)

@@ -52,13 +52,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
 
 import faiss
 import numpy as np
 
+from service.common.limits import check_k
 from service.common.thread_share import ThreadShare
 from service.common.validation import check_unicode
+from service.embedding.protocol import TextEncoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
 from service.index.search_batching import SearchCoalescer
 
@@ -84,8 +85,6 @@ MAX_METADATA_KEY_CHARACTERS = 128
 MAX_METADATA_STRING_CHARACTERS = 4096
 MAX_FILTER_CONDITIONS = 64
 MAX_FILTER_VALUES = 1024
-DEFAULT_K = 10
-MAX_K = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # FAISS wants at least this many training vectors per centroid (it warns below); the training
@@ -285,15 +284,6 @@ class Hit:
     text: str
     metadata: dict[str, MetadataScalar]
     vector: np.ndarray | None = None
-
-
-class TextEncoder(Protocol):
-    """What the store needs from the encoder: every text is embedded through `encode`."""
-
-    @property
-    def dimension(self) -> int: ...
-
-    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1486,9 +1476,7 @@ class IndexStore:
         """
         index = self._get(name)
         spec = index.spec
-        k = k or DEFAULT_K
-        if not 1 <= k <= MAX_K:
-            raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}", "k")
+        k = check_k(k)
         tuning = _search_tuning(spec, ef_search, nprobe)
         self._check_count(len(queries), self.max_queries_per_request, "queries")
         if include_vectors and not conditions:

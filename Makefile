@@ -24,7 +24,7 @@ $(BENCH_STAMP): $(STAMP)
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/vecserve serve
+	$(VENV)/bin/vecserve serve --http-listen 127.0.0.1:8080
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -35,9 +35,12 @@ test-quick: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Regenerate the Python stubs from proto/ (never edit the *_pb2*.py files by hand).
+# Regenerate the Python stubs from proto/ (never edit the *_pb2*.py or *_connect.py files by hand):
+# messages and gRPC stubs, and the Connect (HTTP/JSON) stubs over the same google.protobuf messages.
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto \
+		--plugin=protoc-gen-connectrpc=$(VENV)/bin/protoc-gen-connectrpc \
+		--connectrpc_out=proto --connectrpc_opt=protobuf=google,io=async $(PROTOS)
 
 proto-check: $(STAMP)
 	$(PY) -m pytest tests/test_proto.py -q

@@ -25,13 +25,16 @@ def test_generated_stubs_match_the_proto_sources(tmp_path: Path) -> None:
             f"--python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
+            f"--plugin=protoc-gen-connectrpc={Path(sys.executable).parent / 'protoc-gen-connectrpc'}",
+            f"--connectrpc_out={tmp_path}",
+            "--connectrpc_opt=protobuf=google,io=async",
             *sources,
         ],
         check=True,
         cwd=PROTO_DIR,
     )
-    generated = sorted(tmp_path.rglob("*_pb2*.py*"))
-    assert generated
+    generated = sorted([*tmp_path.rglob("*_pb2*.py*"), *tmp_path.rglob("*_connect.py")])
+    assert any(path.name.endswith("_connect.py") for path in generated)
     for fresh in generated:
         committed = PROTO_DIR / fresh.relative_to(tmp_path)
         assert committed.exists(), f"{committed} is missing: run `make proto`"

@@ -410,7 +410,7 @@ def make_document(
 
 
 def build_filter(spec: Mapping[str, Any]) -> index_pb2.Filter:
-    """A Filter from {key: test}, all ANDed: a scalar tests equality, a list or tuple "in", and a
+    """A Filter from {key: test}, all ANDed: a scalar tests equality, a list or tuple any_of, and a
     dict of gt/gte/lt/lte bounds a numeric range. Example: {"lang": ["en", "fr"], "year": {"gte": 2000}}."""
     conditions = []
     for key, test in spec.items():
@@ -421,7 +421,7 @@ def build_filter(spec: Mapping[str, Any]) -> index_pb2.Filter:
             conditions.append(index_pb2.Condition(key=key, range=index_pb2.NumericRange(**test)))
         elif isinstance(test, list | tuple):
             values = index_pb2.MetadataValueList(values=[metadata_value(v) for v in test])
-            conditions.append(index_pb2.Condition(key=key, **{"in": values}))
+            conditions.append(index_pb2.Condition(key=key, any_of=values))
         else:
             conditions.append(index_pb2.Condition(key=key, equals=metadata_value(test)))
     return index_pb2.Filter(conditions=conditions)

@@ -78,12 +78,12 @@ def test_parse_filter_syntax() -> None:
     assert conditions[1].range.HasField("gte") and conditions[1].range.gte == 2000
     assert not conditions[1].range.HasField("lt")
     assert conditions[2].range.lt == 2010
-    assert [python_value(v) for v in getattr(conditions[3], "in").values] == ["a", "b", "c"]
+    assert [python_value(v) for v in conditions[3].any_of.values] == ["a", "b", "c"]
     assert conditions[4].equals.string_value == "02134"  # quoted: stays a string
     assert conditions[5].equals.string_value == "Smith, J."
     assert conditions[6].equals.bool_value is True
     assert conditions[7].equals.number_value == 3.5
-    mixed = getattr(parse_filter(['v=1,"1",false']).conditions[0], "in").values
+    mixed = parse_filter(['v=1,"1",false']).conditions[0].any_of.values
     assert [python_value(v) for v in mixed] == [1.0, "1", False]
     for bad in ["no-operator", "=value", "year>=soon", 'a="open']:
         with pytest.raises(ValueError):

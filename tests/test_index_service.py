@@ -299,6 +299,7 @@ def test_invalid_requests_name_the_field(client: VecserveClient) -> None:
     client.create_index(name, dimension=4)
     client.upsert(name, [{"id": "a", "vector": [1, 0, 0, 0]}])
     indexes = client.indexes
+    unset_value = index_pb2.MetadataValueList(values=[index_pb2.MetadataValue()])
     cases: list[tuple[object, str]] = [
         (lambda: client.search(name, [[1, 0, 0, 0]], k=1001), "k"),
         (
@@ -330,6 +331,16 @@ def test_invalid_requests_name_the_field(client: VecserveClient) -> None:
                 )
             ),
             "filter.conditions[0]",
+        ),
+        (
+            lambda: indexes.Search(
+                index_pb2.SearchRequest(
+                    index_name=name,
+                    queries=[index_pb2.Query(document_id="a")],
+                    filter=index_pb2.Filter(conditions=[index_pb2.Condition(key="k", any_of=unset_value)]),
+                )
+            ),
+            "filter.conditions[0].any_of.values[0]",
         ),
         (lambda: client.create_index(unique("x"), kind="flat", params=index_pb2.HnswParams()), "params"),
         (lambda: client.create_index(unique("x"), metric=99), "metric"),

@@ -32,7 +32,7 @@ _RANGE_FIELDS = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
 FILTER_HELP = """\
 filters (--filter, repeatable, all must hold):
   key=value        equality; value is a number, true/false, or a string
-  key=a,b,c        "in": the value is one of a, b, c
+  key=a,b,c        any_of: the value is one of a, b, c
   key>=n  key>n  key<=n  key<n
                    numeric range; repeat for both ends: --filter 'year>=2000' --filter 'year<2010'
   double-quote a value to keep it a string: --filter 'zip="02134"' --filter 'name="Smith, J."'
@@ -458,8 +458,8 @@ def parse_filter(expressions: list[str]) -> index_pb2.Filter:
         if len(values) == 1:
             conditions.append(index_pb2.Condition(key=key, equals=metadata_value(values[0])))
         else:
-            one_of = index_pb2.MetadataValueList(values=[metadata_value(value) for value in values])
-            conditions.append(index_pb2.Condition(key=key, **{"in": one_of}))
+            any_of = index_pb2.MetadataValueList(values=[metadata_value(value) for value in values])
+            conditions.append(index_pb2.Condition(key=key, any_of=any_of))
     return index_pb2.Filter(conditions=conditions)
 
 

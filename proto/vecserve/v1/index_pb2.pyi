@@ -281,15 +281,16 @@ class NumericRange(_message.Message):
     def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
 
 class Condition(_message.Message):
-    __slots__ = ("key", "equals", "range")
+    __slots__ = ("key", "equals", "any_of", "range")
     KEY_FIELD_NUMBER: _ClassVar[int]
     EQUALS_FIELD_NUMBER: _ClassVar[int]
-    IN_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
     RANGE_FIELD_NUMBER: _ClassVar[int]
     key: str
     equals: MetadataValue
+    any_of: MetadataValueList
     range: NumericRange
-    def __init__(self, key: _Optional[str] = ..., equals: _Optional[_Union[MetadataValue, _Mapping]] = ..., range: _Optional[_Union[NumericRange, _Mapping]] = ..., **kwargs) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., equals: _Optional[_Union[MetadataValue, _Mapping]] = ..., any_of: _Optional[_Union[MetadataValueList, _Mapping]] = ..., range: _Optional[_Union[NumericRange, _Mapping]] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("conditions",)

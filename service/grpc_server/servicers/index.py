@@ -156,10 +156,10 @@ def conditions_from_filter(message: pb.Filter) -> list[Condition]:
             conditions.append(
                 Condition(condition.key, equals=metadata_value(condition.equals, f"{where}.equals"))
             )
-        elif which == "in":
+        elif which == "any_of":
             values = [
-                metadata_value(value, f"{where}.in.values[{number}]")
-                for number, value in enumerate(getattr(condition, "in").values)
+                metadata_value(value, f"{where}.any_of.values[{number}]")
+                for number, value in enumerate(condition.any_of.values)
             ]
             conditions.append(Condition(condition.key, any_of=values))
         elif which == "range":
@@ -177,7 +177,7 @@ def conditions_from_filter(message: pb.Filter) -> list[Condition]:
                 )
             )
         else:
-            raise InvalidArgument(f"{where} has no test: set equals, in or range", where)
+            raise InvalidArgument(f"{where} has no test: set equals, any_of or range", where)
     return conditions
 
 

@@ -1,4 +1,5 @@
-"""The layout keeps gRPC out of the core: only the transport package may import grpc or the stubs."""
+"""The layout keeps gRPC out of the core: only the transports and the message layer (service/api) may
+import the stubs, and only the gRPC transport may import grpc."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import sys
 from pathlib import Path
 
 SERVICE = Path(__file__).resolve().parent.parent / "service"
-# Packages that speak gRPC; everything else under service/ is the core and must not.
-GRPC_TRANSPORTS = {"grpc_server"}
+# Transport packages, and the message layer they share; everything else under service/ is the core,
+# which imports neither grpc nor the vecserve stubs.
+GRPC_TRANSPORTS = {"grpc_server", "http_server"}
+MESSAGE_LAYER = "api"
 GRPC_MODULES = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "vecserve")
+# The message layer and the HTTP transport use the stubs' messages, never grpc itself.
+GRPC_FREE_PACKAGES = (MESSAGE_LAYER, "http_server")
+GRPC_ONLY_MODULES = tuple(name for name in GRPC_MODULES if name != "vecserve")
 
 
 def module_name(path: Path) -> str:
@@ -22,8 +28,12 @@ def core_modules() -> list[Path]:
     return sorted(
         path
         for path in SERVICE.rglob("*.py")
-        if path.relative_to(SERVICE).parts[0] not in GRPC_TRANSPORTS
+        if path.relative_to(SERVICE).parts[0] not in {*GRPC_TRANSPORTS, MESSAGE_LAYER}
     )
+
+
+def grpc_free_modules() -> list[Path]:
+    return sorted(path for package in GRPC_FREE_PACKAGES for path in (SERVICE / package).rglob("*.py"))
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -53,17 +63,34 @@ def test_every_package_says_its_job() -> None:
         assert ast.get_docstring(ast.parse(package.read_text())), f"{package} has no docstring"
 
 
-def test_importing_a_core_module_leaves_grpc_out() -> None:
+def test_the_message_layer_and_the_http_transport_import_no_grpc() -> None:
+    offenders = {
+        module_name(path): sorted(
+            name for name in imported_modules(path) if name.split(".")[0] in GRPC_ONLY_MODULES
+        )
+        for path in grpc_free_modules()
+    }
+    assert {module: names for module, names in offenders.items() if names} == {}
+
+
+def assert_imports_leave_out(modules: list[str], forbidden: tuple[str, ...]) -> None:
     """In a fresh interpreter, module by module: no indirect import (through a package __init__,
-    say) brings grpc in, and the first module that would is named."""
-    modules = [module_name(path) for path in core_modules()]
+    say) brings a forbidden module in, and the first module that would is named."""
     probe = (
         "import importlib, sys\n"
         f"for module in {modules!r}:\n"
         "    importlib.import_module(module)\n"
-        f"    loaded = sorted(m for m in sys.modules if m.split('.')[0] in {GRPC_MODULES!r})\n"
+        f"    loaded = sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r})\n"
         "    if loaded:\n"
         "        sys.exit(f'{module} loads {loaded}')\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=SERVICE.parent)
     assert result.returncode == 0, result.stderr
+
+
+def test_importing_a_core_module_leaves_grpc_out() -> None:
+    assert_imports_leave_out([module_name(path) for path in core_modules()], GRPC_MODULES)
+
+
+def test_importing_the_message_layer_or_the_http_transport_leaves_grpc_out() -> None:
+    assert_imports_leave_out([module_name(path) for path in grpc_free_modules()], GRPC_ONLY_MODULES)

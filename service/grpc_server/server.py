@@ -23,6 +23,7 @@ from vecserve.v1 import (
 )
 
 from service.analogy.vocabulary import DefaultVocabulary
+from service.api.services import calls_over
 from service.config import Settings
 from service.core import Core, build_core
 from service.embedding.encoder import Encoder
@@ -105,11 +106,10 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     )
     metrics.watch_encoder(core.encoder)
     metrics.watch_store(core.store)
-    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-        EmbeddingServicer(core.encoder, settings), server
-    )
+    calls = calls_over(core)
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(calls.embedding), server)
     index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(core.store), server)
-    analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(core.analogies), server)
+    analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(calls.analogy), server)
     service_names = [
         _service_name(embedding_pb2, "EmbeddingService"),
         _service_name(index_pb2, "IndexService"),

@@ -108,7 +108,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     metrics.watch_store(core.store)
     calls = calls_over(core)
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(calls.embedding), server)
-    index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(core.store), server)
+    index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(calls.index), server)
     analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(calls.analogy), server)
     service_names = [
         _service_name(embedding_pb2, "EmbeddingService"),

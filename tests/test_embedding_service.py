@@ -138,6 +138,7 @@ def test_model_info_reports_encoder_and_limits(client: VecserveClient) -> None:
     assert info.server_version
     assert info.max_texts_per_request == 64
     assert info.max_text_characters == 5000
+    assert info.max_documents_per_request == 1024  # the default, not set by the session server
     assert "all_minilm_l6_v2" in info.model_name.lower().replace("-", "_")
 
 

@@ -15,7 +15,7 @@ from vecserve.v1 import index_pb2
 from clients import VecserveClient
 from clients.cli import main
 from clients.client import python_value
-from clients.commands.index import parse_filter
+from clients.commands.index import DEFAULT_BATCH_SIZE, parse_filter, upload_batch_size
 
 ARTICLES = [
     {
@@ -120,6 +120,25 @@ def test_index_create_list_get_delete(capsys: pytest.CaptureFixture[str], addres
     assert code == 0 and name in out
     code, _, err = run_cli(capsys, address, "index", "get", name)
     assert code == 1 and "NOT_FOUND" in err
+
+
+def test_add_batches_within_the_server_limit(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path
+) -> None:
+    assert upload_batch_size(None, 1024) == DEFAULT_BATCH_SIZE
+    assert upload_batch_size(None, 100) == 100
+    assert upload_batch_size(None, 0) == DEFAULT_BATCH_SIZE  # a server that does not report its limit
+    assert upload_batch_size(1024, 1024) == 1024
+    name = unique("limited")
+    run_cli(capsys, address, "index", "create", name)
+    source = write_jsonl(tmp_path / "articles.jsonl", ARTICLES)
+    # Refused before anything is sent: the session server takes 1024 documents per message.
+    code, _, err = run_cli(capsys, address, "add", name, str(source), "--batch-size", "1025")
+    assert code == 2 and "max_documents_per_request 1024" in err
+    with VecserveClient(address) as client:
+        assert client.get_index(name).document_count == 0
+    code, _, err = run_cli(capsys, address, "add", name, str(source), "--batch-size", "0")
+    assert code == 2 and "at least 1" in err
 
 
 def test_add_jsonl_then_search_with_a_table_json_and_filters(

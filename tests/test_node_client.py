@@ -95,6 +95,7 @@ def test_model_info_matches_the_python_client(
     assert info["model_name"] == expected.model_name
     assert info["max_sequence_length"] == expected.max_sequence_length
     assert info["max_texts_per_request"] == expected.max_texts_per_request
+    assert info["max_documents_per_request"] == expected.max_documents_per_request == 1024
     # uint64 travels as a decimal string, as in the protobuf JSON mapping.
     assert info["max_message_bytes"] == str(expected.max_message_bytes)
 

@@ -107,6 +107,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json(fields)
         return 0
+    width = max(len(key) for key in fields)
     for key, value in fields.items():
-        print(f"{key:<22} {value}")
+        print(f"{key:<{width}} {value}")
     return 0

@@ -22,6 +22,8 @@ from clients.client import make_document, metadata_value, python_value
 from clients.commands.shared import connect, print_json
 
 FORMATS = ("auto", "jsonl", "csv", "text")
+# Documents per streamed message of `vecserve add`, unless the server accepts fewer.
+DEFAULT_BATCH_SIZE = 256
 METRIC_NAMES = {"cosine": "cosine", "inner_product": "inner_product", "ip": "inner_product", "l2": "l2"}
 KIND_NAMES = ("flat", "hnsw", "ivf_flat", "ivf_pq", "sq8")
 JSONL_KEYS = {"id", "text", "metadata", "vector"}
@@ -106,7 +108,11 @@ stores the same documents again instead of duplicating them.""",
     add.add_argument("files", nargs="+", metavar="FILE", type=Path)
     add.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: by extension)")
     add.add_argument(
-        "--batch-size", type=int, default=256, help="documents per streamed message (default 256)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"documents per streamed message, at most the server's max_documents_per_request "
+        f"(default {DEFAULT_BATCH_SIZE}, or that limit when lower)",
     )
     add.add_argument("--text-column", default="text", help="CSV column holding the text (default: text)")
     add.add_argument("--id-column", default="id", help="CSV column holding the id (default: id)")
@@ -367,11 +373,28 @@ def _batched(documents: Iterator[index_pb2.Document], size: int) -> Iterator[lis
         yield batch
 
 
+def upload_batch_size(requested: int | None, server_limit: int) -> int:
+    """Documents per streamed message: as requested, else DEFAULT_BATCH_SIZE or the server's limit
+    when lower. Checked before sending, since the server refuses an oversized message only after
+    storing the earlier ones. server_limit 0 (a server that does not report it) checks nothing.
+    Raises ValueError for a size the server would refuse."""
+    if requested is None:
+        return min(DEFAULT_BATCH_SIZE, server_limit) if server_limit else DEFAULT_BATCH_SIZE
+    if requested < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {requested}")
+    if server_limit and requested > server_limit:
+        raise ValueError(
+            f"--batch-size {requested} is more than the server accepts in one message "
+            f"(max_documents_per_request {server_limit})"
+        )
+    return requested
+
+
 def run_add(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    if not 1 <= args.batch_size <= 100_000:
-        print("error: --batch-size must be between 1 and 100000", file=sys.stderr)
+    if args.batch_size is not None and args.batch_size < 1:
+        print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
         return 2
     sources = [(path, _format_of(path, args.format)) for path in args.files]
     try:
@@ -380,21 +403,26 @@ def run_add(args: argparse.Namespace) -> int:
     except (OSError, InputError, UnicodeDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    started = time.monotonic()
-    with tqdm(
-        total=total,
-        unit="docs",
-        desc=f"adding to {args.index_name}",
-        disable=True if args.no_progress else None,
-    ) as progress:
+    with connect(args) as client:
+        try:
+            batch_size = upload_batch_size(args.batch_size, client.model_info().max_documents_per_request)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        started = time.monotonic()
+        with tqdm(
+            total=total,
+            unit="docs",
+            desc=f"adding to {args.index_name}",
+            disable=True if args.no_progress else None,
+        ) as progress:
 
-        def batches() -> Iterator[list[index_pb2.Document]]:
-            for path, file_format in sources:
-                for batch in _batched(read_documents(path, file_format, args), args.batch_size):
-                    yield batch
-                    progress.update(len(batch))  # the previous batch has been handed to the stream
+            def batches() -> Iterator[list[index_pb2.Document]]:
+                for path, file_format in sources:
+                    for batch in _batched(read_documents(path, file_format, args), batch_size):
+                        yield batch
+                        progress.update(len(batch))  # the previous batch has been handed to the stream
 
-        with connect(args) as client:
             response = client.stream_upsert(args.index_name, batches())
     seconds = time.monotonic() - started
     rate = response.upserted_count / seconds if seconds > 0 else 0.0

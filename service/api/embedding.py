@@ -85,4 +85,5 @@ class EmbeddingCalls:
             max_texts_per_request=self._settings.max_texts_per_request,
             max_text_characters=self._settings.max_text_characters,
             max_message_bytes=self._settings.max_message_bytes,
+            max_documents_per_request=self._settings.max_documents_per_request,
         )

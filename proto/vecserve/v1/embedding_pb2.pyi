@@ -95,7 +95,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_name", "dimension", "max_sequence_length", "vocabulary_size", "device", "dtype", "server_version", "max_texts_per_request", "max_text_characters", "max_message_bytes", "backend")
+    __slots__ = ("model_name", "dimension", "max_sequence_length", "vocabulary_size", "device", "dtype", "server_version", "max_texts_per_request", "max_text_characters", "max_message_bytes", "max_documents_per_request", "backend")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class GetModelInfoResponse(_message.Message):
     MAX_TEXTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     dimension: int
@@ -117,5 +118,6 @@ class GetModelInfoResponse(_message.Message):
     max_texts_per_request: int
     max_text_characters: int
     max_message_bytes: int
+    max_documents_per_request: int
     backend: str
-    def __init__(self, model_name: _Optional[str] = ..., dimension: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., server_version: _Optional[str] = ..., max_texts_per_request: _Optional[int] = ..., max_text_characters: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., dimension: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., server_version: _Optional[str] = ..., max_texts_per_request: _Optional[int] = ..., max_text_characters: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_documents_per_request: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...

@@ -27,7 +27,9 @@ from benchmarks.common import Report, machine_context, percentile, short_texts
 from clients import VecserveClient
 from clients.local_server import ServerProcess
 from service.index import store as index_store
-from service.index.store import Condition, Document, HnswParams, IndexStore, Query
+from service.index.filters import Condition
+from service.index.model import Document, HnswParams, Query
+from service.index.store import IndexStore
 
 DIMENSION = 384
 LOAD_BATCH = 20_000

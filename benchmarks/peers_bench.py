@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import Report, gpu_available, machine_context, short_texts
-from service.index.store import HnswParams, IvfParams, IvfPqParams, KindParams, Sq8Params
+from service.index.model import HnswParams, IvfParams, IvfPqParams, KindParams, Sq8Params
 
 DIMENSION = 384
 K = 10
@@ -309,7 +309,8 @@ def load_through_grpc(client: Any, name: str, vectors: np.ndarray) -> float:
 
 def build_in_process(data_dir: Path, name: str, setup: Setup, vectors: np.ndarray) -> float:
     """Builds the index with IndexStore directly (the server must not be running); returns vectors/s."""
-    from service.index.store import Document, IndexStore
+    from service.index.model import Document
+    from service.index.store import IndexStore
 
     chunk = 20_000
     began = time.perf_counter()

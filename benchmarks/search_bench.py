@@ -21,7 +21,8 @@ import numpy as np
 from benchmarks.common import Report, concurrent_calls
 from clients import VecserveClient
 from clients.local_server import ServerProcess
-from service.index.store import Document, IndexKind, IndexStore
+from service.index.model import Document, IndexKind
+from service.index.store import IndexStore
 
 DIMENSION = 384
 CLIENTS = 32

@@ -28,7 +28,8 @@ from service.analogy.engine import (
 from service.analogy.vocabulary import VOCABULARY_DIRECTORY, DefaultVocabulary, english_words, model_key
 from service.embedding.encoder import Encoder, Token, TokenizedText
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
-from service.index.store import Document, IndexStore, check_name
+from service.index.model import Document, check_name
+from service.index.store import IndexStore
 
 # Axes: person, royal, female, fruit.
 HAND_BUILT = {

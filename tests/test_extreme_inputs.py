@@ -29,7 +29,8 @@ from service.config import Settings
 from service.embedding.encoder import Encoder, Token, TokenizedText
 from service.errors import InvalidArgument, TooLarge
 from service.grpc_server.server import RunningServer, create_server
-from service.index.store import Document, IndexStore, Query
+from service.index.model import Document, Query
+from service.index.store import IndexStore
 
 SMALL_MESSAGES = 64 * 1024
 PROPERTY_SETTINGS = settings(

@@ -14,17 +14,9 @@ import pytest
 from service.embedding.encoder import Encoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from service.index import store as index_store
-from service.index.store import (
-    Condition,
-    Document,
-    HnswParams,
-    IndexStore,
-    IvfParams,
-    IvfPqParams,
-    NumericRange,
-    Query,
-    Sq8Params,
-)
+from service.index.filters import Condition, NumericRange
+from service.index.model import Document, HnswParams, IvfParams, IvfPqParams, Query, Sq8Params
+from service.index.store import IndexStore
 
 DIMENSION = 16
 APPROXIMATE_KINDS = {

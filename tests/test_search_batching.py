@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.index.model import Document, IndexKind, Query
 from service.index.search_batching import SearchCoalescer, SearchFunction
-from service.index.store import Document, IndexKind, IndexStore, Query
+from service.index.store import IndexStore
 from tests.waiting import wait_until
 
 # Counts the callers whose rows make up one search call.

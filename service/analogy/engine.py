@@ -24,7 +24,7 @@ from service.common.limits import check_k
 from service.common.lru import LruCache
 from service.embedding.protocol import TextEncoder
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
-from service.index.store import check_name
+from service.index.model import check_name
 
 MAX_WORDS_PER_REQUEST = 256
 # Vocabularies built from users' indexes kept in memory (each holds a copy of its index's vectors).

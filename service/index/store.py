@@ -39,18 +39,14 @@ import fcntl
 import itertools
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import sqlite3
 import threading
 import uuid
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import faiss
@@ -61,6 +57,33 @@ from service.common.thread_share import ThreadShare
 from service.common.validation import check_unicode
 from service.embedding.protocol import TextEncoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
+from service.index.filters import Condition, filter_query, typed_value
+from service.index.model import (
+    DEFAULT_KIND,
+    FORMAT_VERSION,
+    MAX_DIMENSION,
+    MAX_ID_CHARACTERS,
+    NAME_PATTERN,
+    PARAMS_OF_KIND,
+    Document,
+    Hit,
+    HnswParams,
+    IndexInfo,
+    IndexKind,
+    IndexSpec,
+    IvfParams,
+    IvfPqParams,
+    KindParams,
+    MetadataScalar,
+    Metric,
+    PreparedDocument,
+    Query,
+    Sq8Params,
+    check_metadata,
+    check_name,
+    check_vector,
+    normalize_rows,
+)
 from service.index.search_batching import SearchCoalescer
 
 log = logging.getLogger(__name__)
@@ -74,23 +97,8 @@ faiss.cvar.distance_compute_blas_threshold = FLAT_BLAS_THRESHOLD
 # FAISS's OpenMP threads (one per core by default), shared among the searches running at once.
 _SEARCH_THREADS = ThreadShare(faiss.omp_get_max_threads())
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-MAX_DIMENSION = 8192
-# Longest vector of an L2 or inner-product index: its squared distances (at most (2 * 1e18)^2) and
-# inner products stay finite in float32, whose largest value is 3.4e38.
-MAX_VECTOR_NORM = 1e18
-MAX_ID_CHARACTERS = 256
-MAX_METADATA_KEYS = 64
-MAX_METADATA_KEY_CHARACTERS = 128
-MAX_METADATA_STRING_CHARACTERS = 4096
-MAX_FILTER_CONDITIONS = 64
-MAX_FILTER_VALUES = 1024
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# FAISS wants at least this many training vectors per centroid (it warns below); the training
-# thresholds of the IVF kinds follow from it.
-TRAINING_POINTS_PER_CENTROID = 39
-SQ8_TRAINING_THRESHOLD = 1000
 # A filter matching at most this many documents is answered by exact search over them directly.
 EXACT_FILTER_LIMIT = 2048
 # When an approximate search returns fewer than k allowed hits, the candidates are searched exactly
@@ -114,194 +122,17 @@ CHECKSUM_CHUNK = 64 * 1024 * 1024
 DATABASE_FILE = "documents.sqlite3"
 MANIFEST_FILE = "snapshot.json"
 LOCK_FILE = ".lock"
-FORMAT_VERSION = 1
-
-MetadataScalar = str | float | bool
-
-
-class Metric(StrEnum):
-    COSINE = "cosine"
-    INNER_PRODUCT = "inner_product"
-    L2 = "l2"
-
-
-class IndexKind(StrEnum):
-    FLAT = "flat"
-    HNSW = "hnsw"
-    IVF_FLAT = "ivf_flat"
-    IVF_PQ = "ivf_pq"
-    SQ8 = "sq8"
-
-
-@dataclass(frozen=True)
-class HnswParams:
-    m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 64
-
 
 DEFAULT_NPROBE = 16
 MAX_EF_SEARCH = 4096
-
-
-@dataclass(frozen=True)
-class IvfParams:
-    nlist: int = 1024
-    # 0 means min(DEFAULT_NPROBE, nlist) (resolved when the index is created).
-    nprobe: int = 0
-
-
-@dataclass(frozen=True)
-class IvfPqParams:
-    nlist: int = 1024
-    # 0 means min(DEFAULT_NPROBE, nlist) (resolved when the index is created).
-    nprobe: int = 0
-    # Sub-quantizers; 0 means dimension / 8 (resolved when the index is created).
-    m: int = 0
-    nbits: int = 8
-
-
-@dataclass(frozen=True)
-class Sq8Params:
-    pass
-
-
-KindParams = HnswParams | IvfParams | IvfPqParams | Sq8Params
-_PARAMS_OF_KIND: dict[IndexKind, type[KindParams] | None] = {
-    IndexKind.FLAT: None,
-    IndexKind.HNSW: HnswParams,
-    IndexKind.IVF_FLAT: IvfParams,
-    IndexKind.IVF_PQ: IvfPqParams,
-    IndexKind.SQ8: Sq8Params,
-}
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """What an index is: fixed at creation."""
-
-    name: str
-    dimension: int
-    metric: Metric
-    kind: IndexKind
-    params: KindParams | None
-
-    @property
-    def training_threshold(self) -> int:
-        """Stored vectors needed before a kind that trains trains (0 for kinds that do not).
-
-        ivf_flat: 39 * nlist; ivf_pq: 39 * max(nlist, 2**nbits) (k-means for the coarse lists and
-        for each sub-quantizer's codebook); sq8: 1000 (per-dimension ranges).
-        """
-        params = self.params
-        if isinstance(params, IvfPqParams):
-            return TRAINING_POINTS_PER_CENTROID * max(params.nlist, 2**params.nbits)
-        if isinstance(params, IvfParams):
-            return TRAINING_POINTS_PER_CENTROID * params.nlist
-        if isinstance(params, Sq8Params):
-            return SQ8_TRAINING_THRESHOLD
-        return 0
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": FORMAT_VERSION,
-                "dimension": self.dimension,
-                "metric": self.metric.value,
-                "kind": self.kind.value,
-                "params": asdict(self.params) if self.params is not None else None,
-            }
-        )
-
-    @staticmethod
-    def from_json(name: str, text: str) -> IndexSpec:
-        raw = json.loads(text)
-        kind = IndexKind(raw["kind"])
-        params_type = _PARAMS_OF_KIND[kind]
-        return IndexSpec(
-            name=name,
-            dimension=int(raw["dimension"]),
-            metric=Metric(raw["metric"]),
-            kind=kind,
-            params=params_type(**raw["params"]) if params_type is not None else None,
-        )
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    spec: IndexSpec
-    document_count: int
-    trained: bool
-    memory_bytes: int
-    disk_bytes: int
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-@dataclass(frozen=True)
-class Document:
-    """A stored document; on upsert, an empty id asks the server for one and vector may be None."""
-
-    id: str = ""
-    text: str = ""
-    metadata: Mapping[str, MetadataScalar] = field(default_factory=dict)
-    vector: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Query:
-    """Exactly one of text, vector or document_id."""
-
-    text: str | None = None
-    vector: np.ndarray | None = None
-    document_id: str | None = None
-
-
-@dataclass(frozen=True)
-class NumericRange:
-    gt: float | None = None
-    gte: float | None = None
-    lt: float | None = None
-    lte: float | None = None
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One test on one metadata key: exactly one of equals, any_of or range. Missing keys fail."""
-
-    key: str
-    equals: MetadataScalar | None = None
-    any_of: Sequence[MetadataScalar] | None = None
-    range: NumericRange | None = None
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    text: str
-    metadata: dict[str, MetadataScalar]
-    vector: np.ndarray | None = None
-
 
 # ---------------------------------------------------------------------------------------------
 # Validation
 
 
-def check_name(name: str, field_name: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise InvalidArgument(
-            f"{field_name} {name!r} is not a valid index name: use 1 to 64 letters, digits, '-' or '_'",
-            field=field_name,
-        )
-    return name
-
-
 def _check_params(kind: IndexKind, params: KindParams | None, dimension: int) -> KindParams | None:
     """The kind's parameters with defaults filled in; InvalidArgument when they do not fit."""
-    expected = _PARAMS_OF_KIND[kind]
+    expected = PARAMS_OF_KIND[kind]
     if expected is None:
         if params is not None:
             raise InvalidArgument(f"kind {kind.value} takes no parameters", field="params")
@@ -372,134 +203,6 @@ def _search_tuning(spec: IndexSpec, ef_search: int | None, nprobe: int | None) -
                 f"nprobe must be between 1 and the index's nlist {params.nlist}, got {nprobe}", "nprobe"
             )
     return ef_search if ef_search is not None else nprobe
-
-
-def _check_vector(
-    values: np.ndarray | Sequence[float], dimension: int, metric: Metric, field_name: str
-) -> np.ndarray:
-    vector = np.asarray(values, dtype=np.float32)
-    if vector.ndim != 1 or vector.shape[0] != dimension:
-        raise InvalidArgument(
-            f"{field_name} has {vector.size} values but the index has dimension {dimension}",
-            field=field_name,
-        )
-    if not np.isfinite(vector).all():
-        raise InvalidArgument(
-            f"{field_name} contains NaN or infinite values (or values beyond float32's range, ±3.4e38)",
-            field=field_name,
-        )
-    if metric is not Metric.COSINE:
-        norm = float(np.linalg.norm(vector.astype(np.float64)))
-        if norm > MAX_VECTOR_NORM:
-            raise InvalidArgument(
-                f"{field_name} has length {norm:.3g}, more than the limit of {MAX_VECTOR_NORM:.0e} for "
-                f"{metric.value} indexes: its scores would overflow float32; scale the vectors down",
-                field=field_name,
-            )
-    return vector
-
-
-def _check_metadata(metadata: Mapping[str, MetadataScalar], field_name: str) -> dict[str, MetadataScalar]:
-    if len(metadata) > MAX_METADATA_KEYS:
-        raise InvalidArgument(
-            f"{field_name} has {len(metadata)} keys, more than the limit of {MAX_METADATA_KEYS}",
-            field=field_name,
-        )
-    checked: dict[str, MetadataScalar] = {}
-    for key, value in metadata.items():
-        where = f"{field_name}[{key!r}]"
-        if not key or len(key) > MAX_METADATA_KEY_CHARACTERS:
-            raise InvalidArgument(
-                f"metadata keys must have 1 to {MAX_METADATA_KEY_CHARACTERS} characters; {where} does not",
-                field=field_name,
-            )
-        check_unicode(key, field_name)
-        checked[key] = _check_metadata_value(value, where)
-    return checked
-
-
-def _check_metadata_value(value: object, where: str) -> MetadataScalar:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise InvalidArgument(f"{where} is not a finite number", field=where)
-        return float(value)
-    if isinstance(value, str):
-        if len(value) > MAX_METADATA_STRING_CHARACTERS:
-            raise InvalidArgument(
-                f"{where} has {len(value)} characters, more than {MAX_METADATA_STRING_CHARACTERS}",
-                field=where,
-            )
-        check_unicode(value, where)
-        return value
-    raise InvalidArgument(f"{where} must be a string, a number or a boolean", field=where)
-
-
-def _sql_value(value: MetadataScalar) -> tuple[str, str | float | int]:
-    """The (kind, value) pair a metadata value is stored and compared as."""
-    if isinstance(value, bool):
-        return "b", int(value)
-    if isinstance(value, str):
-        return "s", value
-    return "n", float(value)
-
-
-def _filter_sql(conditions: Sequence[Condition]) -> tuple[str, list[object]]:
-    """A query for the FAISS ids of documents passing every condition (INTERSECT of one per test)."""
-    if len(conditions) > MAX_FILTER_CONDITIONS:
-        raise InvalidArgument(
-            f"the filter has {len(conditions)} conditions, more than {MAX_FILTER_CONDITIONS}", field="filter"
-        )
-    parts: list[str] = []
-    parameters: list[object] = []
-    for position, condition in enumerate(conditions):
-        where = f"filter.conditions[{position}]"
-        if not condition.key or len(condition.key) > MAX_METADATA_KEY_CHARACTERS:
-            raise InvalidArgument(
-                f"{where}.key must have 1 to {MAX_METADATA_KEY_CHARACTERS} characters", field=f"{where}.key"
-            )
-        tests = [condition.equals is not None, condition.any_of is not None, condition.range is not None]
-        if sum(tests) != 1:
-            raise InvalidArgument(f"{where} needs exactly one of equals, in or range", field=where)
-        select = "SELECT faiss_id FROM metadata WHERE key = ? AND "
-        if condition.equals is not None:
-            kind, value = _sql_value(_check_metadata_value(condition.equals, f"{where}.equals"))
-            parts.append(select + "kind = ? AND value = ?")
-            parameters += [condition.key, kind, value]
-        elif condition.any_of is not None:
-            values = list(condition.any_of)
-            if not values or len(values) > MAX_FILTER_VALUES:
-                raise InvalidArgument(
-                    f"{where}.in needs 1 to {MAX_FILTER_VALUES} values, got {len(values)}",
-                    field=f"{where}.in",
-                )
-            by_kind: dict[str, list[object]] = {}
-            for value_position, value in enumerate(values):
-                kind, sql_value = _sql_value(_check_metadata_value(value, f"{where}.in[{value_position}]"))
-                by_kind.setdefault(kind, []).append(sql_value)
-            alternatives = []
-            parameters.append(condition.key)
-            for kind, kind_values in by_kind.items():
-                alternatives.append(f"(kind = ? AND value IN ({', '.join('?' * len(kind_values))}))")
-                parameters += [kind, *kind_values]
-            parts.append(select + "(" + " OR ".join(alternatives) + ")")
-        else:
-            assert condition.range is not None
-            bounds = {
-                ">": condition.range.gt,
-                ">=": condition.range.gte,
-                "<": condition.range.lt,
-                "<=": condition.range.lte,
-            }
-            given = {operator: bound for operator, bound in bounds.items() if bound is not None}
-            if not given:
-                raise InvalidArgument(f"{where}.range needs at least one bound", field=f"{where}.range")
-            if not all(math.isfinite(bound) for bound in given.values()):
-                raise InvalidArgument(f"{where}.range bounds must be finite", field=f"{where}.range")
-            parts.append(select + "kind = 'n' AND " + " AND ".join(f"value {op} ?" for op in given))
-            parameters += [condition.key, *(float(bound) for bound in given.values())]
-    return " INTERSECT ".join(parts), parameters
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,16 +369,6 @@ def _vectors_from_blobs(blobs: Sequence[bytes], dimension: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dimension)
 
 
-def _normalize_rows(vectors: np.ndarray, field_names: Sequence[str]) -> np.ndarray:
-    # In float64, a float32 vector's squared length neither overflows (3e38) nor underflows (1e-30).
-    wide = vectors.astype(np.float64)
-    norms = np.linalg.norm(wide, axis=1)
-    for position in np.flatnonzero(norms == 0):
-        name = field_names[position]
-        raise InvalidArgument(f"{name} is a zero vector, which has no direction for cosine", field=name)
-    return np.ascontiguousarray(wide / norms[:, None], dtype=np.float32)
-
-
 def _hit_bytes(hit: Hit) -> int:
     """About the serialized size of a hit, in bytes (characters stand in for UTF-8 bytes)."""
     metadata = sum(len(key) + len(str(value)) + 8 for key, value in hit.metadata.items())
@@ -772,14 +465,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     # FULL: the WAL is fsync'd at every commit, so a committed write survives a crash or power loss.
     connection.execute("PRAGMA synchronous=FULL")
     return connection
-
-
-@dataclass
-class _PreparedDocument:
-    id: str
-    text: str
-    metadata: dict[str, MetadataScalar]
-    vector: np.ndarray | None
 
 
 # Numbers each opened index, so that a deleted and re-created index never looks like the old one.
@@ -992,7 +677,7 @@ class _Index:
 
     # -- writes (callers hold the write lock) ----------------------------------------------------
 
-    def write(self, documents: Sequence[_PreparedDocument]) -> None:
+    def write(self, documents: Sequence[PreparedDocument]) -> None:
         """Stores the documents (replacing same ids) durably, then updates the search structure."""
         new_ids = np.arange(self._next_faiss_id, self._next_faiss_id + len(documents), dtype=np.int64)
         self._next_faiss_id += len(documents)
@@ -1008,7 +693,7 @@ class _Index:
             connection.executemany(
                 "INSERT INTO metadata (faiss_id, key, kind, value) VALUES (?, ?, ?, ?)",
                 [
-                    (int(faiss_id), key, *_sql_value(value))
+                    (int(faiss_id), key, *typed_value(value))
                     for faiss_id, d in zip(new_ids, documents, strict=True)
                     for key, value in d.metadata.items()
                 ],
@@ -1080,7 +765,7 @@ class _Index:
         wanted = k + (1 if any(faiss_id is not None for faiss_id in excluded) else 0)
         allowed: np.ndarray | None = None
         if conditions:
-            sql, parameters = _filter_sql(conditions)
+            sql, parameters = filter_query(conditions)
             rows = connection.execute(sql, parameters).fetchall()
             allowed = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
             if not len(allowed):
@@ -1324,7 +1009,7 @@ class IndexStore:
         name: str,
         dimension: int = 0,
         metric: Metric = Metric.COSINE,
-        kind: IndexKind = IndexKind.FLAT,
+        kind: IndexKind = DEFAULT_KIND,
         params: KindParams | None = None,
     ) -> IndexInfo:
         check_name(name)
@@ -1497,7 +1182,7 @@ class IndexStore:
                 self._check_text(query.text, f"{where}.text", required=True)
                 texts[position] = query.text
             elif query.vector is not None:
-                query_vectors[position] = _check_vector(
+                query_vectors[position] = check_vector(
                     query.vector, spec.dimension, spec.metric, f"{where}.vector"
                 )
                 given_vectors.append(position)
@@ -1505,7 +1190,7 @@ class IndexStore:
                 check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
                 by_document[position] = query.document_id  # type: ignore[assignment]
         if given_vectors and spec.metric is Metric.COSINE:  # all at once: per row, numpy's cost dominates
-            query_vectors[given_vectors] = _normalize_rows(
+            query_vectors[given_vectors] = normalize_rows(
                 query_vectors[given_vectors], [f"queries[{position}].vector" for position in given_vectors]
             )
         if texts:
@@ -1636,7 +1321,7 @@ class IndexStore:
                 f"{field_name} is empty or only whitespace: there is nothing to embed", field_name
             )
 
-    def _prepare(self, spec: IndexSpec, document: Document, position: int) -> _PreparedDocument:
+    def _prepare(self, spec: IndexSpec, document: Document, position: int) -> PreparedDocument:
         where = f"documents[{position}]"
         document_id = document.id or uuid.uuid4().hex
         if len(document_id) > MAX_ID_CHARACTERS:
@@ -1646,11 +1331,11 @@ class IndexStore:
         self._check_text(document.text, f"{where}.text", required=document.vector is None)
         vector = None
         if document.vector is not None:
-            vector = _check_vector(document.vector, spec.dimension, spec.metric, f"{where}.vector")
-        metadata = _check_metadata(document.metadata, f"{where}.metadata")
-        return _PreparedDocument(document_id, document.text, metadata, vector)
+            vector = check_vector(document.vector, spec.dimension, spec.metric, f"{where}.vector")
+        metadata = check_metadata(document.metadata, f"{where}.metadata")
+        return PreparedDocument(document_id, document.text, metadata, vector)
 
-    def _fill_vectors(self, spec: IndexSpec, documents: list[_PreparedDocument]) -> None:
+    def _fill_vectors(self, spec: IndexSpec, documents: list[PreparedDocument]) -> None:
         """Embeds the documents without vectors and normalizes every vector of a cosine index."""
         to_embed = [position for position, document in enumerate(documents) if document.vector is None]
         if to_embed:
@@ -1658,7 +1343,7 @@ class IndexStore:
             for position, vector in zip(to_embed, vectors, strict=True):
                 documents[position].vector = vector
         if spec.metric is Metric.COSINE:
-            normalized = _normalize_rows(
+            normalized = normalize_rows(
                 np.stack([d.vector for d in documents]),  # type: ignore[misc]
                 [f"documents[{position}].vector" for position in range(len(documents))],
             )

@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 from service.config import parse_host_port
 from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings, VecserveError
-from service.index.store import IndexInfo, IndexStore
+from service.index.model import IndexInfo
+from service.index.store import IndexStore
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,289 @@
+"""The index store's data types and limits, and the checks of the names, vectors and metadata it is sent."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from service.common.validation import check_unicode
+from service.errors import InvalidArgument
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_DIMENSION = 8192
+# Longest vector of an L2 or inner-product index: its squared distances (at most (2 * 1e18)^2) and
+# inner products stay finite in float32, whose largest value is 3.4e38.
+MAX_VECTOR_NORM = 1e18
+MAX_ID_CHARACTERS = 256
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_CHARACTERS = 128
+MAX_METADATA_STRING_CHARACTERS = 4096
+# FAISS wants at least this many training vectors per centroid (it warns below); the training
+# thresholds of the IVF kinds follow from it.
+TRAINING_POINTS_PER_CENTROID = 39
+SQ8_TRAINING_THRESHOLD = 1000
+# Version of the on-disk formats: the settings record of an index and its snapshot manifest.
+FORMAT_VERSION = 1
+
+MetadataScalar = str | float | bool
+
+
+class Metric(StrEnum):
+    COSINE = "cosine"
+    INNER_PRODUCT = "inner_product"
+    L2 = "l2"
+
+
+class IndexKind(StrEnum):
+    FLAT = "flat"
+    HNSW = "hnsw"
+    IVF_FLAT = "ivf_flat"
+    IVF_PQ = "ivf_pq"
+    SQ8 = "sq8"
+
+
+DEFAULT_KIND = IndexKind.FLAT
+
+
+# Each kind's parameters know how many stored vectors the kind needs before it trains (0: it does
+# not train); everything else a kind does is its strategy's, in kinds.py.
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
+
+    @property
+    def training_threshold(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class IvfParams:
+    nlist: int = 1024
+    # 0 means min(DEFAULT_NPROBE, nlist) (resolved when the index is created).
+    nprobe: int = 0
+
+    @property
+    def training_threshold(self) -> int:
+        """k-means for the coarse lists."""
+        return TRAINING_POINTS_PER_CENTROID * self.nlist
+
+
+@dataclass(frozen=True)
+class IvfPqParams:
+    nlist: int = 1024
+    # 0 means min(DEFAULT_NPROBE, nlist) (resolved when the index is created).
+    nprobe: int = 0
+    # Sub-quantizers; 0 means dimension / 8 (resolved when the index is created).
+    m: int = 0
+    nbits: int = 8
+
+    @property
+    def training_threshold(self) -> int:
+        """k-means for the coarse lists and for each sub-quantizer's codebook of 2**nbits codes."""
+        return TRAINING_POINTS_PER_CENTROID * max(self.nlist, 2**self.nbits)
+
+
+@dataclass(frozen=True)
+class Sq8Params:
+    @property
+    def training_threshold(self) -> int:
+        """Enough vectors for the per-dimension ranges."""
+        return SQ8_TRAINING_THRESHOLD
+
+
+KindParams = HnswParams | IvfParams | IvfPqParams | Sq8Params
+PARAMS_OF_KIND: dict[IndexKind, type[KindParams] | None] = {
+    IndexKind.FLAT: None,
+    IndexKind.HNSW: HnswParams,
+    IndexKind.IVF_FLAT: IvfParams,
+    IndexKind.IVF_PQ: IvfPqParams,
+    IndexKind.SQ8: Sq8Params,
+}
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What an index is: fixed at creation."""
+
+    name: str
+    dimension: int
+    metric: Metric
+    kind: IndexKind
+    params: KindParams | None
+
+    @property
+    def training_threshold(self) -> int:
+        """Stored vectors needed before a kind that trains trains (0 for kinds that do not).
+
+        ivf_flat: 39 * nlist; ivf_pq: 39 * max(nlist, 2**nbits); sq8: 1000.
+        """
+        return self.params.training_threshold if self.params is not None else 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "dimension": self.dimension,
+                "metric": self.metric.value,
+                "kind": self.kind.value,
+                "params": asdict(self.params) if self.params is not None else None,
+            }
+        )
+
+    @staticmethod
+    def from_json(name: str, text: str) -> IndexSpec:
+        raw = json.loads(text)
+        kind = IndexKind(raw["kind"])
+        params_type = PARAMS_OF_KIND[kind]
+        return IndexSpec(
+            name=name,
+            dimension=int(raw["dimension"]),
+            metric=Metric(raw["metric"]),
+            kind=kind,
+            params=params_type(**raw["params"]) if params_type is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    spec: IndexSpec
+    document_count: int
+    trained: bool
+    memory_bytes: int
+    disk_bytes: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class Document:
+    """A stored document; on upsert, an empty id asks the server for one and vector may be None."""
+
+    id: str = ""
+    text: str = ""
+    metadata: Mapping[str, MetadataScalar] = field(default_factory=dict)
+    vector: np.ndarray | None = None
+
+
+@dataclass
+class PreparedDocument:
+    """A document checked for storing; its vector is filled in (embedded, normalized) before it is."""
+
+    id: str
+    text: str
+    metadata: dict[str, MetadataScalar]
+    vector: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Query:
+    """Exactly one of text, vector or document_id."""
+
+    text: str | None = None
+    vector: np.ndarray | None = None
+    document_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, MetadataScalar]
+    vector: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def check_name(name: str, field_name: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidArgument(
+            f"{field_name} {name!r} is not a valid index name: use 1 to 64 letters, digits, '-' or '_'",
+            field=field_name,
+        )
+    return name
+
+
+def check_vector(
+    values: np.ndarray | Sequence[float], dimension: int, metric: Metric, field_name: str
+) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.ndim != 1 or vector.shape[0] != dimension:
+        raise InvalidArgument(
+            f"{field_name} has {vector.size} values but the index has dimension {dimension}",
+            field=field_name,
+        )
+    if not np.isfinite(vector).all():
+        raise InvalidArgument(
+            f"{field_name} contains NaN or infinite values (or values beyond float32's range, ±3.4e38)",
+            field=field_name,
+        )
+    if metric is not Metric.COSINE:
+        norm = float(np.linalg.norm(vector.astype(np.float64)))
+        if norm > MAX_VECTOR_NORM:
+            raise InvalidArgument(
+                f"{field_name} has length {norm:.3g}, more than the limit of {MAX_VECTOR_NORM:.0e} for "
+                f"{metric.value} indexes: its scores would overflow float32; scale the vectors down",
+                field=field_name,
+            )
+    return vector
+
+
+def normalize_rows(vectors: np.ndarray, field_names: Sequence[str]) -> np.ndarray:
+    # In float64, a float32 vector's squared length neither overflows (3e38) nor underflows (1e-30).
+    wide = vectors.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1)
+    for position in np.flatnonzero(norms == 0):
+        name = field_names[position]
+        raise InvalidArgument(f"{name} is a zero vector, which has no direction for cosine", field=name)
+    return np.ascontiguousarray(wide / norms[:, None], dtype=np.float32)
+
+
+def check_metadata(metadata: Mapping[str, MetadataScalar], field_name: str) -> dict[str, MetadataScalar]:
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidArgument(
+            f"{field_name} has {len(metadata)} keys, more than the limit of {MAX_METADATA_KEYS}",
+            field=field_name,
+        )
+    checked: dict[str, MetadataScalar] = {}
+    for key, value in metadata.items():
+        where = f"{field_name}[{key!r}]"
+        if not key or len(key) > MAX_METADATA_KEY_CHARACTERS:
+            raise InvalidArgument(
+                f"metadata keys must have 1 to {MAX_METADATA_KEY_CHARACTERS} characters; {where} does not",
+                field=field_name,
+            )
+        check_unicode(key, field_name)
+        checked[key] = check_metadata_value(value, where)
+    return checked
+
+
+def check_metadata_value(value: object, where: str) -> MetadataScalar:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{where} is not a finite number", field=where)
+        return float(value)
+    if isinstance(value, str):
+        if len(value) > MAX_METADATA_STRING_CHARACTERS:
+            raise InvalidArgument(
+                f"{where} has {len(value)} characters, more than {MAX_METADATA_STRING_CHARACTERS}",
+                field=where,
+            )
+        check_unicode(value, where)
+        return value
+    raise InvalidArgument(f"{where} must be a string, a number or a boolean", field=where)

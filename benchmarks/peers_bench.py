@@ -64,7 +64,6 @@ DIMENSION = 384
 K = 10
 TARGET_RECALL = 0.95
 QUERIES_PER_CALL = 100
-UPLOAD_BATCH = 1024  # the server's default max_documents_per_request
 # Above this many vectors, indexes are built in-process and then served (streaming a million vectors
 # through gRPC into each of seven indexes would take most of an hour on two cores).
 GRPC_LOAD_LIMIT = 200_000
@@ -292,14 +291,17 @@ def ivf_lists(count: int) -> int:
 
 
 def load_through_grpc(client: Any, name: str, vectors: np.ndarray) -> float:
-    """Streams the vectors (ids are their row numbers) in UPLOAD_BATCH messages; returns vectors/s."""
+    """Streams the vectors (ids are their row numbers) in messages as large as the server accepts
+    (GetModelInfo's max_documents_per_request); returns vectors/s."""
     from vecserve.v1 import index_pb2
 
+    batch = client.model_info().max_documents_per_request
+
     def batches() -> Any:
-        for start in range(0, len(vectors), UPLOAD_BATCH):
+        for start in range(0, len(vectors), batch):
             yield [
                 index_pb2.Document(id=str(start + offset), vector=vector)
-                for offset, vector in enumerate(vectors[start : start + UPLOAD_BATCH])
+                for offset, vector in enumerate(vectors[start : start + batch])
             ]
 
     began = time.perf_counter()

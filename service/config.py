@@ -57,7 +57,7 @@ class Settings:
     max_documents_per_request: int = 1024
     # Changes to an index after which its search structure is snapshotted to disk (and on close).
     index_snapshot_every: int = 50_000
-    # File of "ROLE TOKEN" lines (see service/grpc_server/auth.py); None serves without authentication.
+    # File of "ROLE TOKEN" lines (see service/api/auth.py); None serves without authentication.
     tokens_file: Path | None = None
     # PEM certificate chain and key: serve TLS instead of plaintext.
     tls_cert: Path | None = None

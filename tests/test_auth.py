@@ -21,10 +21,10 @@ from vecserve.v1 import analogy_pb2, embedding_pb2, index_pb2
 
 from clients import VecserveClient
 from clients.cli import main as cli_main
+from service.api.auth import READ_RPCS, Role, TokenTable, load_tokens, protected_methods
 from service.config import Settings, settings_from_env
 from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
-from service.grpc_server.auth import READ_RPCS, Role, TokenTable, load_tokens, protected_methods
 from service.grpc_server.server import RunningServer, create_server
 from tests.rpcs import Rpc, all_rpcs, call, outcome, served_services
 
@@ -139,7 +139,7 @@ def test_the_role_table_is_the_specified_one() -> None:
     assert {name for name, role in roles.items() if role is Role.READ} == SPECIFIED_READ_RPCS
     assert {name for name, role in roles.items() if role is Role.WRITE} >= SPECIFIED_WRITE_RPCS
     assert set(roles) == {rpc.short_name for rpc in all_rpcs()}
-    assert set(READ_RPCS) <= set(roles), "every read RPC named in service/grpc_server/auth.py exists"
+    assert set(READ_RPCS) <= set(roles), "every read RPC named in service/api/auth.py exists"
 
 
 def test_every_rpc_has_a_request() -> None:

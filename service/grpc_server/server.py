@@ -23,12 +23,13 @@ from vecserve.v1 import (
 )
 
 from service.analogy.vocabulary import DefaultVocabulary
+from service.api.auth import load_tokens
 from service.api.services import calls_over
 from service.config import Settings
 from service.core import Core, build_core
 from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
-from service.grpc_server.auth import AuthInterceptor, load_tokens
+from service.grpc_server.auth import AuthInterceptor
 from service.grpc_server.interceptors import Drain, ObservingInterceptor, receive_limit
 from service.grpc_server.servicers.analogy import AnalogyServicer
 from service.grpc_server.servicers.embedding import EmbeddingServicer

@@ -9,23 +9,22 @@ from vecserve.v1 import index_pb2 as pb
 
 from service.api.call import CallContext
 from service.errors import InvalidArgument, VecserveError
-from service.index.store import (
-    Condition,
+from service.index.filters import Condition, NumericRange
+from service.index.model import (
     Document,
     Hit,
     HnswParams,
     IndexInfo,
     IndexKind,
-    IndexStore,
     IvfParams,
     IvfPqParams,
     KindParams,
     MetadataScalar,
     Metric,
-    NumericRange,
     Query,
     Sq8Params,
 )
+from service.index.store import IndexStore
 
 METRICS = {
     pb.METRIC_COSINE: Metric.COSINE,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clients.cli import main
-from clients.commands.analogy import SERVER_WORD_TEMPLATE, draw_plot, parse_plot_words, project_2d
+from clients.commands.analogy import draw_plot, parse_plot_words, project_2d
 from service.analogy import engine as analogy
 from service.config import Settings
 from service.embedding.encoder import Encoder
@@ -126,8 +126,7 @@ def test_plot_writes_a_readable_png(
     assert result["arrows"] == [["man", "king"], ["woman", "queen"], ["boy", "girl"]]
     # The points are the words as the analogy service embeds them: distances are kept by the projection
     # of these six vectors (only up to the signs of its axes, so distances are compared).
-    assert SERVER_WORD_TEMPLATE == analogy.WORD_TEMPLATE
-    vectors = encoder.encode([SERVER_WORD_TEMPLATE.format(w["word"]) for w in result["words"]])
+    vectors = encoder.encode([analogy.WORD_TEMPLATE.format(w["word"]) for w in result["words"]])
     expected, _ = project_2d(vectors)
     plotted = np.array([[w["x"], w["y"]] for w in result["words"]])
     distances = np.linalg.norm(plotted[:, None] - plotted[None], axis=2)

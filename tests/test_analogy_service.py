@@ -12,7 +12,15 @@ from grpc_status import rpc_status
 from vecserve.v1 import analogy_pb2
 
 from clients import VecserveClient
-from service.analogy.engine import DEFAULT_SCORING, TEXTBOOK_SCORING, AnalogyMethod, score_similarities, top_k
+from service.analogy.engine import (
+    DEFAULT_SCORING,
+    TEXT_TEMPLATE,
+    TEXTBOOK_SCORING,
+    WORD_TEMPLATE,
+    AnalogyMethod,
+    score_similarities,
+    top_k,
+)
 from service.analogy.evaluation import read_analogy_questions
 from service.config import Settings
 from service.embedding.encoder import Encoder
@@ -109,6 +117,7 @@ def test_similar_words(analogies: VecserveClient) -> None:
 def test_vocabulary_lookup(analogies: VecserveClient) -> None:
     response = analogies.get_vocabulary(["Queen", "the", "zyzzyvas"])
     assert response.word_count == VOCABULARY_SIZE
+    assert response.word_template == WORD_TEMPLATE == '"{}"'
     assert list(response.contains) == [True, True, False]
 
 
@@ -179,6 +188,7 @@ def test_a_users_index_serves_as_the_vocabulary(analogies: VecserveClient) -> No
         assert {w.word for w in similar} == {"banana", "apple"}
         lookup = analogies.get_vocabulary(["banana", "pear"], vocabulary_index="fruit-and-royals")
         assert lookup.word_count == len(words) and list(lookup.contains) == [True, False]
+        assert lookup.word_template == TEXT_TEMPLATE == "{}"  # matched as the texts were embedded
     finally:
         analogies.delete_index("fruit-and-royals")
 

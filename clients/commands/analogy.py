@@ -32,10 +32,6 @@ METHODS = ("cosmul", "cosadd")
 EVAL_WORKERS = 8
 # Arguments of `plot` that name a relation: FROM->TO.
 ARROW = "->"
-# How the analogy service writes a word for the encoder (service.analogy.engine.WORD_TEMPLATE), so
-# that plotted points are the vectors that analogies and relation comparisons are computed from.
-# Hard-coded here, the one place the client assumes it, until it reads it from GetVocabulary.
-SERVER_WORD_TEMPLATE = '"{}"'
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -374,7 +370,13 @@ def run_plot(args: argparse.Namespace) -> int:
         print("error: give at least two words to plot", file=sys.stderr)
         return 2
     with connect(args) as client:
-        vectors = client.embed_array([SERVER_WORD_TEMPLATE.format(word) for word in words], normalize=True)
+        # Words written as the server writes them for its built-in vocabulary, so that plotted points
+        # are the vectors that analogies and relation comparisons are computed from.
+        word_template = client.get_vocabulary().word_template
+        if not word_template:
+            print("error: the server does not report its word template (a version too old)", file=sys.stderr)
+            return 1
+        vectors = client.embed_array([word_template.format(word) for word in words], normalize=True)
     points, shares = project_2d(vectors)
     title = args.title or (", ".join(f"{a} → {b}" for a, b in arrows) if arrows else f"{len(words)} words")
     draw_plot(words, points, arrows, args.out, title, shares)

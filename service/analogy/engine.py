@@ -115,6 +115,13 @@ class RelationReport:
     comparisons: list[RelationComparison]
 
 
+@dataclass(frozen=True)
+class VocabularyDescription:
+    word_count: int
+    contains: list[bool]  # one per looked-up word
+    word_template: str  # how query words are written for the encoder (Vocabulary.template)
+
+
 def normalize_word(text: str) -> str:
     """The form in which words are embedded and compared: NFKC, single spaces, lower case."""
     return " ".join(unicodedata.normalize("NFKC", text).split()).lower()
@@ -582,11 +589,16 @@ class AnalogyEngine:
 
     def describe_vocabulary(
         self, words: Sequence[str], vocabulary_index: str = "", timeout: float | None = None
-    ) -> tuple[int, list[bool]]:
-        """The vocabulary's size, and for each word whether it holds it (compared normalized)."""
+    ) -> VocabularyDescription:
+        """The vocabulary's size, for each word whether it holds it (compared normalized), and how it
+        writes query words for the encoder."""
         if len(words) > MAX_LOOKUP_WORDS:
             raise InvalidArgument(
                 f"words has {len(words)} entries, more than the limit of {MAX_LOOKUP_WORDS}", "words"
             )
         vocabulary = self._vocabulary(vocabulary_index, timeout)
-        return len(vocabulary), [vocabulary.contains(word) for word in words]
+        return VocabularyDescription(
+            word_count=len(vocabulary),
+            contains=[vocabulary.contains(word) for word in words],
+            word_template=vocabulary.template,
+        )

@@ -93,7 +93,11 @@ class AnalogyCalls:
         )
 
     def GetVocabulary(self, request: pb.GetVocabularyRequest, call: CallContext) -> pb.GetVocabularyResponse:
-        word_count, contains = self._engine.describe_vocabulary(
+        description = self._engine.describe_vocabulary(
             list(request.words), vocabulary_index=request.vocabulary_index, timeout=_wait_budget(call)
         )
-        return pb.GetVocabularyResponse(word_count=word_count, contains=contains)
+        return pb.GetVocabularyResponse(
+            word_count=description.word_count,
+            contains=description.contains,
+            word_template=description.word_template,
+        )

@@ -115,9 +115,11 @@ class GetVocabularyRequest(_message.Message):
     def __init__(self, vocabulary_index: _Optional[str] = ..., words: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetVocabularyResponse(_message.Message):
-    __slots__ = ("word_count", "contains")
+    __slots__ = ("word_count", "contains", "word_template")
     WORD_COUNT_FIELD_NUMBER: _ClassVar[int]
     CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    WORD_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     word_count: int
     contains: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, word_count: _Optional[int] = ..., contains: _Optional[_Iterable[bool]] = ...) -> None: ...
+    word_template: str
+    def __init__(self, word_count: _Optional[int] = ..., contains: _Optional[_Iterable[bool]] = ..., word_template: _Optional[str] = ...) -> None: ...

@@ -57,7 +57,7 @@ from service.common.thread_share import ThreadShare
 from service.common.validation import check_unicode
 from service.embedding.protocol import TextEncoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
-from service.index.filters import Condition, filter_query, typed_value
+from service.index.filters import Condition
 from service.index.model import (
     DEFAULT_KIND,
     FORMAT_VERSION,
@@ -74,7 +74,6 @@ from service.index.model import (
     IvfParams,
     IvfPqParams,
     KindParams,
-    MetadataScalar,
     Metric,
     PreparedDocument,
     Query,
@@ -84,6 +83,7 @@ from service.index.model import (
     check_vector,
     normalize_rows,
 )
+from service.index.record import DATABASE_FILE, LOAD_CHUNK, Record, create_record, read_spec_json
 from service.index.search_batching import SearchCoalescer
 
 log = logging.getLogger(__name__)
@@ -110,16 +110,9 @@ HNSW_COMPACT_FRACTION = 0.2
 RERANK_FACTOR = 4
 RERANK_MINIMUM = 32
 DEFAULT_SNAPSHOT_EVERY = 50_000
-# Hit lookups of at most this many ids bind them as parameters (SQLite allows 32,766 per statement).
-INLINE_ID_LIMIT = 500
-# Address space each read connection maps the database file into (the part beyond the file is unused).
-READER_MMAP_BYTES = 1 << 30
-# Rows read from SQLite at a time when (re)building a structure.
-LOAD_CHUNK = 50_000
 # Snapshots carry one CRC-32 per chunk of this size, so start-up verifies them in parallel.
 CHECKSUM_CHUNK = 64 * 1024 * 1024
 
-DATABASE_FILE = "documents.sqlite3"
 MANIFEST_FILE = "snapshot.json"
 LOCK_FILE = ".lock"
 
@@ -365,10 +358,6 @@ def _file_checksums(path: Path) -> list[int]:
         return list(pool.map(checksum, offsets))
 
 
-def _vectors_from_blobs(blobs: Sequence[bytes], dimension: int) -> np.ndarray:
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dimension)
-
-
 def _hit_bytes(hit: Hit) -> int:
     """About the serialized size of a hit, in bytes (characters stand in for UTF-8 bytes)."""
     metadata = sum(len(key) + len(str(value)) + 8 for key, value in hit.metadata.items())
@@ -439,34 +428,6 @@ class ReadWriteLock:
 # One index
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (
-    faiss_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    doc_id TEXT NOT NULL UNIQUE,
-    text TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    vector BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS metadata (
-    faiss_id INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    value,
-    PRIMARY KEY (faiss_id, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS metadata_by_value ON metadata (key, kind, value);
-"""
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    connection.execute("PRAGMA journal_mode=WAL")
-    # FULL: the WAL is fsync'd at every commit, so a committed write survives a crash or power loss.
-    connection.execute("PRAGMA synchronous=FULL")
-    return connection
-
-
 # Numbers each opened index, so that a deleted and re-created index never looks like the old one.
 _INDEX_SERIALS = itertools.count(1)
 
@@ -487,64 +448,14 @@ class _Index:
         self.snapshot_pending = False
         self.changes_since_snapshot = 0
         self.tombstones: set[int] = set()
-        self._writer = _connect(path / DATABASE_FILE)
-        self._readers: list[sqlite3.Connection] = []
-        self._local = threading.local()
-        self._readers_lock = threading.Lock()
+        self.record = Record(path, spec.dimension)
         self.document_count = 0
-        row = self._writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'documents'").fetchone()
-        self._next_faiss_id = (row[0] if row else 0) + 1
         self.structure = self._load_structure()
-
-    # -- SQLite ---------------------------------------------------------------------------------
-
-    def reader(self) -> sqlite3.Connection:
-        """This thread's read connection (WAL lets readers run beside the writer)."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = _connect(self.path / DATABASE_FILE)
-            connection.execute("PRAGMA query_only=ON")
-            # Pages read through a shared memory map instead of a read() per page into each thread's
-            # own cache: hit lookups of 10 random documents took 35 instead of 55 us.
-            connection.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
-            self._local.connection = connection
-            with self._readers_lock:
-                self._readers.append(connection)
-        return connection
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._writer.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._writer
-        except BaseException:
-            self._writer.execute("ROLLBACK")
-            raise
-        self._writer.execute("COMMIT")
-
-    def _vectors_for(self, connection: sqlite3.Connection, faiss_ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of the given ids, in the given order."""
-        vectors = np.empty((len(faiss_ids), self.spec.dimension), dtype=np.float32)
-        for start in range(0, len(faiss_ids), LOAD_CHUNK):
-            chunk = faiss_ids[start : start + LOAD_CHUNK]
-            rows = connection.execute(
-                "SELECT faiss_id, vector FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(chunk.tolist()),),
-            ).fetchall()
-            by_id = {faiss_id: blob for faiss_id, blob in rows}
-            vectors[start : start + len(chunk)] = _vectors_from_blobs(
-                [by_id[int(i)] for i in chunk], self.spec.dimension
-            )
-        return vectors
-
-    def _live_ids(self) -> np.ndarray:
-        rows = self._writer.execute("SELECT faiss_id FROM documents").fetchall()
-        return np.sort(np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)))
 
     # -- the FAISS structure ---------------------------------------------------------------------
 
     def _load_structure(self) -> faiss.Index:
-        live_ids = self._live_ids()
+        live_ids = self.record.live_ids_for_build()
         self.document_count = len(live_ids)
         structure = self._read_snapshot()
         if structure is None:
@@ -572,7 +483,7 @@ class _Index:
     def _add(self, structure: faiss.Index, faiss_ids: np.ndarray) -> None:
         for start in range(0, len(faiss_ids), LOAD_CHUNK):
             chunk = faiss_ids[start : start + LOAD_CHUNK]
-            structure.add_with_ids(self._vectors_for(self._writer, chunk), chunk)
+            structure.add_with_ids(self.record.vectors_for_build(chunk), chunk)
 
     def _remove(self, structure: faiss.Index, faiss_ids: np.ndarray) -> None:
         if not len(faiss_ids):
@@ -646,7 +557,7 @@ class _Index:
             "index %s: rebuilding the graph without %d deleted vectors", self.spec.name, len(self.tombstones)
         )
         structure = _empty_structure(self.spec)
-        self._add(structure, self._live_ids())
+        self._add(structure, self.record.live_ids_for_build())
         self.structure = structure
         self.tombstones.clear()
 
@@ -679,25 +590,7 @@ class _Index:
 
     def write(self, documents: Sequence[PreparedDocument]) -> None:
         """Stores the documents (replacing same ids) durably, then updates the search structure."""
-        new_ids = np.arange(self._next_faiss_id, self._next_faiss_id + len(documents), dtype=np.int64)
-        self._next_faiss_id += len(documents)
-        with self._transaction() as connection:
-            old_ids = self._delete_rows(connection, [document.id for document in documents])
-            connection.executemany(
-                "INSERT INTO documents (faiss_id, doc_id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (int(faiss_id), d.id, d.text, json.dumps(d.metadata), d.vector.tobytes())  # type: ignore[union-attr]
-                    for faiss_id, d in zip(new_ids, documents, strict=True)
-                ],
-            )
-            connection.executemany(
-                "INSERT INTO metadata (faiss_id, key, kind, value) VALUES (?, ?, ?, ?)",
-                [
-                    (int(faiss_id), key, *typed_value(value))
-                    for faiss_id, d in zip(new_ids, documents, strict=True)
-                    for key, value in d.metadata.items()
-                ],
-            )
+        old_ids, new_ids = self.record.replace(documents)
         # Durable from here on; the structure follows.
         self._remove(self.structure, old_ids)
         self.structure.add_with_ids(np.stack([d.vector for d in documents]), new_ids)  # type: ignore[misc]
@@ -707,34 +600,12 @@ class _Index:
         self.structure = self._maybe_train(self.structure)
 
     def delete(self, ids: Sequence[str]) -> int:
-        with self._transaction() as connection:
-            old_ids = self._delete_rows(connection, ids)
+        old_ids = self.record.delete(ids)
         self._remove(self.structure, old_ids)
         self.document_count -= len(old_ids)
         self.changes_since_snapshot += len(old_ids)
         self.version += 1
         return len(old_ids)
-
-    @staticmethod
-    def _delete_rows(connection: sqlite3.Connection, ids: Sequence[str]) -> np.ndarray:
-        """Deletes the rows of these document ids; returns their FAISS ids."""
-        # Bound as parameters, never through json_each(), which cuts a string at U+0000.
-        rows: list[tuple[int]] = []
-        for start in range(0, len(ids), INLINE_ID_LIMIT):
-            chunk = list(ids[start : start + INLINE_ID_LIMIT])
-            rows += connection.execute(
-                f"SELECT faiss_id FROM documents WHERE doc_id IN ({','.join('?' * len(chunk))})", chunk
-            ).fetchall()
-        old_ids = np.array([row[0] for row in rows], dtype=np.int64)
-        if len(old_ids):
-            faiss_id_list = json.dumps(old_ids.tolist())
-            connection.execute(
-                "DELETE FROM metadata WHERE faiss_id IN (SELECT value FROM json_each(?))", (faiss_id_list,)
-            )
-            connection.execute(
-                "DELETE FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))", (faiss_id_list,)
-            )
-        return old_ids
 
     # -- reads (callers hold the read lock) ------------------------------------------------------
 
@@ -761,24 +632,21 @@ class _Index:
         tuning: SearchTuning = None,
     ) -> list[list[tuple[int, float]]]:
         """(faiss_id, score) pairs per query, best first; `excluded[i]` is left out of query i's hits."""
-        connection = self.reader()
         wanted = k + (1 if any(faiss_id is not None for faiss_id in excluded) else 0)
         allowed: np.ndarray | None = None
         if conditions:
-            sql, parameters = filter_query(conditions)
-            rows = connection.execute(sql, parameters).fetchall()
-            allowed = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+            allowed = self.record.ids_passing(conditions)
             if not len(allowed):
                 return [[] for _ in range(len(queries))]
         candidate_count = len(allowed) if allowed is not None else self.document_count
         if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
-            results = self._exact_search(connection, queries, wanted, allowed)
+            results = self._exact_search(queries, wanted, allowed)
         else:
             if self._quantized:
                 # Codes give approximate scores: fetch more candidates and re-score them exactly.
                 fetch = max(wanted * RERANK_FACTOR, RERANK_MINIMUM)
                 candidates = self._structure_search(queries, fetch, allowed, tuning)
-                results = self._rerank(connection, queries, candidates, wanted)
+                results = self._rerank(queries, candidates, wanted)
             else:
                 results = self._structure_search(queries, wanted, allowed, tuning)
             # An approximate search may find fewer allowed hits than exist (a selective filter
@@ -787,19 +655,14 @@ class _Index:
                 position for position, hits in enumerate(results) if len(hits) < min(wanted, candidate_count)
             ]
             if short and candidate_count <= EXACT_FALLBACK_LIMIT:
-                everyone = allowed if allowed is not None else self._live_ids_for_read(connection)
-                exact = self._exact_search(connection, queries[short], wanted, everyone)
+                everyone = allowed if allowed is not None else self.record.live_ids()
+                exact = self._exact_search(queries[short], wanted, everyone)
                 for position, hits in zip(short, exact, strict=True):
                     results[position] = hits
         return [
             [hit for hit in hits if hit[0] != exclude][:k]
             for hits, exclude in zip(results, excluded, strict=True)
         ]
-
-    @staticmethod
-    def _live_ids_for_read(connection: sqlite3.Connection) -> np.ndarray:
-        rows = connection.execute("SELECT faiss_id FROM documents").fetchall()
-        return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
     def _structure_search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None, tuning: SearchTuning = None
@@ -857,15 +720,14 @@ class _Index:
         return [(int(candidates[i]), float(scores[i])) for i in top]
 
     def _exact_search(
-        self, connection: sqlite3.Connection, queries: np.ndarray, k: int, candidates: np.ndarray
+        self, queries: np.ndarray, k: int, candidates: np.ndarray
     ) -> list[list[tuple[int, float]]]:
         """Exact search of the queries over the stored vectors of the candidates."""
-        scores = self._exact_scores(queries, self._vectors_for(connection, candidates))
+        scores = self._exact_scores(queries, self.record.vectors(candidates))
         return [self._best(row, candidates, k) for row in scores]
 
     def _rerank(
         self,
-        connection: sqlite3.Connection,
         queries: np.ndarray,
         candidates: list[list[tuple[int, float]]],
         k: int,
@@ -874,7 +736,7 @@ class _Index:
         unique = np.array(sorted({faiss_id for hits in candidates for faiss_id, _ in hits}), dtype=np.int64)
         if not len(unique):
             return [[] for _ in candidates]
-        vectors = self._vectors_for(connection, unique)
+        vectors = self.record.vectors(unique)
         row_of = {int(faiss_id): row for row, faiss_id in enumerate(unique)}
         results = []
         for query, hits in zip(queries, candidates, strict=True):
@@ -886,38 +748,9 @@ class _Index:
             results.append(self._best(self._exact_scores(query[None, :], vectors[rows])[0], ids, k))
         return results
 
-    def documents_by_faiss_id(
-        self, faiss_ids: Sequence[int], include_vectors: bool
-    ) -> dict[int, tuple[str, str, dict[str, MetadataScalar], np.ndarray | None]]:
-        columns = "faiss_id, doc_id, text, metadata" + (", vector" if include_vectors else "")
-        if len(faiss_ids) <= INLINE_ID_LIMIT:
-            # Bound directly, the ids of one call's hits are found faster than through json_each.
-            rows = self.reader().execute(
-                f"SELECT {columns} FROM documents WHERE faiss_id IN ({','.join('?' * len(faiss_ids))})",
-                list(faiss_ids),
-            )
-        else:
-            rows = self.reader().execute(
-                f"SELECT {columns} FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(faiss_ids)),),
-            )
-        return {
-            row[0]: (
-                row[1],
-                row[2],
-                json.loads(row[3]) if row[3] != "{}" else {},
-                np.frombuffer(row[4], dtype=np.float32).copy() if include_vectors else None,
-            )
-            for row in rows
-        }
-
     def close(self) -> None:
         self.closed = True
-        self._writer.close()
-        with self._readers_lock:
-            for connection in self._readers:
-                connection.close()
-            self._readers.clear()
+        self.record.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -994,12 +827,7 @@ class IndexStore:
                     self._schedule_snapshot(index)
 
     def _open(self, path: Path) -> _Index:
-        connection = _connect(path / DATABASE_FILE)
-        try:
-            (spec_json,) = connection.execute("SELECT value FROM settings WHERE key = 'spec'").fetchone()
-        finally:
-            connection.close()
-        spec = IndexSpec.from_json(path.name, spec_json)
+        spec = IndexSpec.from_json(path.name, read_spec_json(path))
         return _Index(path, spec, self._snapshot_every)
 
     # -- index management ------------------------------------------------------------------------
@@ -1034,12 +862,7 @@ class IndexStore:
             # Built aside and renamed into place, so a crash never leaves a half-created index.
             staging = self.data_dir / f".creating-{name}-{uuid.uuid4().hex}"
             staging.mkdir()
-            connection = _connect(staging / DATABASE_FILE)
-            try:
-                connection.executescript(_SCHEMA)
-                connection.execute("INSERT INTO settings (key, value) VALUES ('spec', ?)", (spec.to_json(),))
-            finally:
-                connection.close()
+            create_record(staging, spec.to_json())
             _fsync_directory(staging)
             os.rename(staging, target)
             _fsync_directory(self.data_dir)
@@ -1121,16 +944,10 @@ class IndexStore:
         check_unicode(document_id, "id")
         with index.lock.read():
             self._check_alive(index)
-            row = (
-                index.reader()
-                .execute(
-                    "SELECT doc_id, text, metadata, vector FROM documents WHERE doc_id = ?", (document_id,)
-                )
-                .fetchone()
-            )
-        if row is None:
+            document = index.record.document(document_id)
+        if document is None:
             raise NotFound(f"index {name!r} has no document {document_id!r}")
-        return Document(row[0], row[1], json.loads(row[2]), np.frombuffer(row[3], dtype=np.float32).copy())
+        return document
 
     def delete_documents(self, name: str, ids: Sequence[str]) -> int:
         """Deletes documents by id (unknown ids are ignored); returns how many existed."""
@@ -1199,17 +1016,12 @@ class IndexStore:
         with index.lock.read():
             self._check_alive(index)
             for position, document_id in by_document.items():
-                row = (
-                    index.reader()
-                    .execute("SELECT faiss_id, vector FROM documents WHERE doc_id = ?", (document_id,))
-                    .fetchone()
-                )
-                if row is None:
+                found = index.record.faiss_id_and_vector(document_id)
+                if found is None:
                     raise NotFound(
                         f"queries[{position}].document_id: index {name!r} has no document {document_id!r}"
                     )
-                excluded[position] = row[0]
-                query_vectors[position] = np.frombuffer(row[1], dtype=np.float32)
+                excluded[position], query_vectors[position] = found
             if self._coalescer is None:
                 ranked = index.search(query_vectors, k, conditions, excluded, tuning)
             else:
@@ -1219,7 +1031,7 @@ class IndexStore:
                     excluded,
                     lambda batch, batch_excluded: index.search(batch, k, conditions, batch_excluded, tuning),
                 )
-            documents = index.documents_by_faiss_id(
+            documents = index.record.documents_by_faiss_id(
                 sorted({faiss_id for hits in ranked for faiss_id, _ in hits}), include_vectors
             )
         results = [
@@ -1249,13 +1061,7 @@ class IndexStore:
         index = self._get(name)
         with index.lock.read():
             self._check_alive(index)
-            rows = (
-                index.reader()
-                .execute("SELECT text, vector FROM documents WHERE text != '' ORDER BY faiss_id")
-                .fetchall()
-            )
-        texts = [row[0] for row in rows]
-        return texts, _vectors_from_blobs([row[1] for row in rows], index.spec.dimension)
+            return index.record.texts_and_vectors()
 
     # -- snapshots and shutdown ------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class Settings:
     tls_client_ca: Path | None = None
     # HOST:PORT of the Prometheus /metrics HTTP endpoint; None serves no metrics.
     metrics_listen: str | None = None
+    # HOST:PORT of the HTTP/JSON (Connect) API beside gRPC, same core, limits, tokens and TLS; None: off.
+    http_listen: str | None = None
     # Log lines as "text" (human, ending in key=value fields) or "json" (one object per line).
     log_format: str = "text"
     # Most frequent English words forming the built-in analogy vocabulary (see service/analogy/vocabulary.py).
@@ -111,6 +113,8 @@ class Settings:
             raise InvalidSettings("mutual TLS (tls_client_ca) needs tls_cert and tls_key too")
         if self.metrics_listen is not None:
             parse_host_port(self.metrics_listen, "metrics_listen")
+        if self.http_listen is not None:
+            parse_host_port(self.http_listen, "http_listen")
         if self.log_format not in LOG_FORMATS:
             raise InvalidSettings(
                 f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"

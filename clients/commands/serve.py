@@ -118,6 +118,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "(VECSERVE_TLS_CLIENT_CA)",
     )
     parser.add_argument(
+        "--http-listen",
+        help="HOST:PORT to serve the same API as HTTP/JSON (Connect protocol) on, with the same tokens "
+        "and TLS (VECSERVE_HTTP_LISTEN; default off)",
+    )
+    parser.add_argument(
         "--metrics-listen",
         help="HOST:PORT to serve Prometheus metrics on at /metrics (VECSERVE_METRICS_LISTEN; default off)",
     )

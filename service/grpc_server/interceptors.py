@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from service.api.limits import oversized_request
 from service.errors import TooLarge
 from service.grpc_server.servicers.status import abort_with_error
 from service.observability.logs import REQUEST_ID
@@ -66,11 +67,7 @@ class OversizedMessage:
         self.limit = limit
 
     def error(self) -> TooLarge:
-        return TooLarge(
-            f"the request message has {self.size:,} bytes, more than the limit of {self.limit:,} bytes "
-            "per message: split it into smaller requests (fewer texts, documents or queries per call, "
-            "or more messages in a stream), or raise the server's --max-message-bytes"
-        )
+        return oversized_request(self.size, self.limit)
 
 
 def receive_limit(max_message_bytes: int) -> int:

@@ -35,6 +35,7 @@ from service.grpc_server.servicers.analogy import AnalogyServicer
 from service.grpc_server.servicers.embedding import EmbeddingServicer
 from service.grpc_server.servicers.index import IndexServicer
 from service.grpc_server.tls import server_credentials
+from service.http_server.server import HttpServer
 from service.observability.logs import configure_logging
 from service.observability.metrics import MetricsHttpServer, ServerMetrics
 
@@ -53,6 +54,8 @@ class RunningServer:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     # Port of the /metrics HTTP endpoint, when one was asked for.
     metrics_port: int | None = None
+    # Port of the HTTP/JSON (Connect) API, when one was asked for.
+    http_port: int | None = None
     # Counts the calls in flight, and refuses new ones once stop() has begun.
     drain: Drain = field(default_factory=Drain)
 
@@ -149,6 +152,14 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
             raise
         running.metrics_port = metrics_server.port
         running.closers.insert(0, metrics_server.stop)
+    if settings.http_listen is not None:
+        try:
+            http_server = HttpServer(calls, settings, settings.http_listen)
+        except InvalidSettings:
+            running.stop(0)
+            raise
+        running.http_port = http_server.port
+        running.closers.insert(0, http_server.stop)
     log.info(
         "vecserve listening on %s (port %d, %s, %s)",
         settings.listen,

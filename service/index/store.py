@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import dataclasses
 import fcntl
 import itertools
 import json
@@ -58,26 +57,22 @@ from service.common.validation import check_unicode
 from service.embedding.protocol import TextEncoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
 from service.index.filters import Condition
+from service.index.kinds import SearchTuning, check_params, kind_strategy, memory_bytes, structure_ids
 from service.index.model import (
     DEFAULT_KIND,
     FORMAT_VERSION,
     MAX_DIMENSION,
     MAX_ID_CHARACTERS,
     NAME_PATTERN,
-    PARAMS_OF_KIND,
     Document,
     Hit,
-    HnswParams,
     IndexInfo,
     IndexKind,
     IndexSpec,
-    IvfParams,
-    IvfPqParams,
     KindParams,
     Metric,
     PreparedDocument,
     Query,
-    Sq8Params,
     check_metadata,
     check_name,
     check_vector,
@@ -104,7 +99,6 @@ EXACT_FILTER_LIMIT = 2048
 # When an approximate search returns fewer than k allowed hits, the candidates are searched exactly
 # if there are at most this many (beyond it, the approximate hits are returned as they are).
 EXACT_FALLBACK_LIMIT = 200_000
-HNSW_COMPACT_FRACTION = 0.2
 # Quantized kinds (ivf_pq, sq8) fetch max(k * RERANK_FACTOR, RERANK_MINIMUM) candidates and re-score
 # them exactly with the stored vectors, so their scores are exact and their recall close to flat's.
 RERANK_FACTOR = 4
@@ -116,141 +110,8 @@ CHECKSUM_CHUNK = 64 * 1024 * 1024
 MANIFEST_FILE = "snapshot.json"
 LOCK_FILE = ".lock"
 
-DEFAULT_NPROBE = 16
-MAX_EF_SEARCH = 4096
-
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def _check_params(kind: IndexKind, params: KindParams | None, dimension: int) -> KindParams | None:
-    """The kind's parameters with defaults filled in; InvalidArgument when they do not fit."""
-    expected = PARAMS_OF_KIND[kind]
-    if expected is None:
-        if params is not None:
-            raise InvalidArgument(f"kind {kind.value} takes no parameters", field="params")
-        return None
-    if params is None:
-        params = expected()
-    if type(params) is not expected:
-        raise InvalidArgument(
-            f"parameters {type(params).__name__} do not match kind {kind.value}", field="params"
-        )
-
-    def check_range(value: int, low: int, high: int, name: str) -> None:
-        if not low <= value <= high:
-            raise InvalidArgument(f"{name} must be between {low} and {high}, got {value}", field=name)
-
-    if isinstance(params, HnswParams):
-        check_range(params.m, 2, 256, "hnsw.m")
-        check_range(params.ef_construction, 1, 4096, "hnsw.ef_construction")
-        check_range(params.ef_search, 1, MAX_EF_SEARCH, "hnsw.ef_search")
-    elif isinstance(params, IvfParams | IvfPqParams):
-        prefix = "ivf_pq" if isinstance(params, IvfPqParams) else "ivf_flat"
-        check_range(params.nlist, 1, 65536, f"{prefix}.nlist")
-        if params.nprobe == 0:
-            params = dataclasses.replace(params, nprobe=min(DEFAULT_NPROBE, params.nlist))
-        check_range(params.nprobe, 1, params.nlist, f"{prefix}.nprobe")
-    if isinstance(params, IvfPqParams):
-        if params.m == 0:
-            if dimension % 8:
-                raise InvalidArgument(
-                    f"the default ivf_pq.m (dimension / 8) needs a dimension divisible by 8, "
-                    f"got {dimension}; set m to a divisor of the dimension",
-                    field="ivf_pq.m",
-                )
-            params = dataclasses.replace(params, m=dimension // 8)
-        check_range(params.m, 1, dimension, "ivf_pq.m")
-        if dimension % params.m:
-            raise InvalidArgument(
-                f"ivf_pq.m={params.m} must divide the dimension {dimension}", field="ivf_pq.m"
-            )
-        check_range(params.nbits, 1, 16, "ivf_pq.nbits")
-    return params
-
-
-# A search's override of the index's ef_search (hnsw) or nprobe (ivf kinds); None keeps the index's.
-SearchTuning = int | None
-
-
-def _search_tuning(spec: IndexSpec, ef_search: int | None, nprobe: int | None) -> SearchTuning:
-    """The per-call override that applies to the index's kind; InvalidArgument for any other."""
-    params = spec.params
-    if ef_search is not None:
-        if not isinstance(params, HnswParams):
-            raise InvalidArgument(
-                f"ef_search applies to hnsw indexes; index {spec.name!r} is {spec.kind.value}", "ef_search"
-            )
-        if not 1 <= ef_search <= MAX_EF_SEARCH:
-            raise InvalidArgument(
-                f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef_search}", "ef_search"
-            )
-    if nprobe is not None:
-        if not isinstance(params, IvfParams | IvfPqParams):
-            raise InvalidArgument(
-                f"nprobe applies to ivf_flat and ivf_pq indexes; index {spec.name!r} is {spec.kind.value}",
-                "nprobe",
-            )
-        if not 1 <= nprobe <= params.nlist:
-            raise InvalidArgument(
-                f"nprobe must be between 1 and the index's nlist {params.nlist}, got {nprobe}", "nprobe"
-            )
-    return ef_search if ef_search is not None else nprobe
-
-
 # ---------------------------------------------------------------------------------------------
 # FAISS structures
-
-
-def _faiss_metric(metric: Metric) -> int:
-    return faiss.METRIC_L2 if metric is Metric.L2 else faiss.METRIC_INNER_PRODUCT
-
-
-def _exact_structure(spec: IndexSpec) -> faiss.Index:
-    return faiss.IndexIDMap2(faiss.IndexFlat(spec.dimension, _faiss_metric(spec.metric)))
-
-
-def _empty_structure(spec: IndexSpec) -> faiss.Index:
-    """The structure of a new index; kinds that train start exact."""
-    if isinstance(spec.params, HnswParams):
-        graph = faiss.IndexHNSWFlat(spec.dimension, spec.params.m, _faiss_metric(spec.metric))
-        graph.hnsw.efConstruction = spec.params.ef_construction
-        return faiss.IndexIDMap2(graph)
-    return _exact_structure(spec)
-
-
-_training_lock = threading.Lock()
-
-
-def _trained_structure(spec: IndexSpec, vectors: np.ndarray) -> faiss.Index:
-    """A kind that trains, trained on `vectors` and still empty."""
-    dimension, metric = spec.dimension, _faiss_metric(spec.metric)
-    params = spec.params
-    if isinstance(params, Sq8Params):
-        structure = faiss.IndexIDMap2(
-            faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_8bit, metric)
-        )
-    elif isinstance(params, IvfPqParams):
-        structure = faiss.IndexIVFPQ(
-            faiss.IndexFlat(dimension, metric), dimension, params.nlist, params.m, params.nbits, metric
-        )
-    elif isinstance(params, IvfParams):
-        structure = faiss.IndexIVFFlat(faiss.IndexFlat(dimension, metric), dimension, params.nlist, metric)
-    else:
-        raise AssertionError(f"kind {spec.kind} does not train")
-    if isinstance(params, IvfPqParams):
-        # PQ training runs one small k-means per sub-quantizer: OpenMP threads cost more in
-        # synchronization than they gain there (measured slower on 2 cores), so it runs on one.
-        with _training_lock:
-            threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)
-            try:
-                structure.train(vectors)
-            finally:
-                faiss.omp_set_num_threads(threads)
-    else:
-        structure.train(vectors)
-    return structure
 
 
 @contextlib.contextmanager
@@ -271,59 +132,6 @@ def _faiss_thread_share(queries: int) -> Iterator[None]:
             yield
         finally:
             faiss.omp_set_num_threads(previous)
-
-
-def _is_trained(spec: IndexSpec, structure: faiss.Index) -> bool:
-    """For kinds that train: whether the trained structure (not the exact stand-in) is in place."""
-    if spec.kind in (IndexKind.IVF_FLAT, IndexKind.IVF_PQ):
-        return isinstance(structure, faiss.IndexIVF)
-    if spec.kind is IndexKind.SQ8:
-        return isinstance(structure, faiss.IndexIDMap2) and isinstance(
-            faiss.downcast_index(structure.index), faiss.IndexScalarQuantizer
-        )
-    return False
-
-
-def _structure_matches(spec: IndexSpec, structure: faiss.Index) -> bool:
-    if structure.d != spec.dimension or structure.metric_type != _faiss_metric(spec.metric):
-        return False
-    if spec.kind is IndexKind.HNSW:
-        return isinstance(structure, faiss.IndexIDMap2) and isinstance(
-            faiss.downcast_index(structure.index), faiss.IndexHNSWFlat
-        )
-    if _is_trained(spec, structure):
-        return True
-    return isinstance(structure, faiss.IndexIDMap2) and isinstance(
-        faiss.downcast_index(structure.index), faiss.IndexFlat
-    )
-
-
-def _structure_ids(structure: faiss.Index) -> np.ndarray:
-    """The ids a structure holds."""
-    if isinstance(structure, faiss.IndexIVF):
-        lists = structure.invlists
-        chunks = [
-            faiss.rev_swig_ptr(lists.get_ids(number), lists.list_size(number)).copy()
-            for number in range(structure.nlist)
-            if lists.list_size(number)
-        ]
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-    return faiss.vector_to_array(structure.id_map).astype(np.int64, copy=False)
-
-
-def _memory_bytes(structure: faiss.Index) -> int:
-    """Approximate bytes held by a structure: its codes, graph links, lists and id maps."""
-    if isinstance(structure, faiss.IndexIDMap2):
-        # id_map (8 bytes) plus the reverse hash map (about 32 bytes) per vector.
-        return 40 * structure.ntotal + _memory_bytes(faiss.downcast_index(structure.index))
-    if isinstance(structure, faiss.IndexHNSW):
-        links = structure.hnsw
-        graph = 4 * links.neighbors.size() + 8 * links.offsets.size() + 4 * links.levels.size()
-        return graph + _memory_bytes(faiss.downcast_index(structure.storage))
-    if isinstance(structure, faiss.IndexIVF):
-        quantizer = faiss.downcast_index(structure.quantizer)
-        return structure.ntotal * (structure.code_size + 8) + _memory_bytes(quantizer)
-    return structure.ntotal * structure.sa_code_size()
 
 
 def _fsync_directory(path: Path) -> None:
@@ -448,6 +256,7 @@ class _Index:
         self.snapshot_pending = False
         self.changes_since_snapshot = 0
         self.tombstones: set[int] = set()
+        self.strategy = kind_strategy(spec)
         self.record = Record(path, spec.dimension)
         self.document_count = 0
         self.structure = self._load_structure()
@@ -459,17 +268,16 @@ class _Index:
         self.document_count = len(live_ids)
         structure = self._read_snapshot()
         if structure is None:
-            structure = _empty_structure(self.spec)
+            structure = self.strategy.empty_structure()
             self._add(structure, live_ids)
             self.changes_since_snapshot = len(live_ids)
         else:
-            stored_ids = _structure_ids(structure)
+            stored_ids = structure_ids(structure)
             stale = np.setdiff1d(stored_ids, live_ids, assume_unique=True)
             missing = np.setdiff1d(live_ids, stored_ids, assume_unique=True)
-            self._remove(structure, stale)
-            self._add(structure, missing)
             # Tombstoning leaves the structure as it is, so only real removals call for a new snapshot.
-            removed = 0 if self.spec.kind is IndexKind.HNSW else len(stale)
+            removed = self._remove(structure, stale)
+            self._add(structure, missing)
             self.changes_since_snapshot = removed + len(missing)
             if self.changes_since_snapshot:
                 log.info(
@@ -485,26 +293,18 @@ class _Index:
             chunk = faiss_ids[start : start + LOAD_CHUNK]
             structure.add_with_ids(self.record.vectors_for_build(chunk), chunk)
 
-    def _remove(self, structure: faiss.Index, faiss_ids: np.ndarray) -> None:
+    def _remove(self, structure: faiss.Index, faiss_ids: np.ndarray) -> int:
+        """Takes the vectors out of every search; returns how many left the structure itself."""
         if not len(faiss_ids):
-            return
-        if self.spec.kind is IndexKind.HNSW:
-            self.tombstones.update(faiss_ids.tolist())
-        else:
-            structure.remove_ids(faiss.IDSelectorBatch(faiss_ids))
+            return 0
+        return self.strategy.remove(structure, faiss_ids, self.tombstones)
 
     def _maybe_train(self, structure: faiss.Index) -> faiss.Index:
         """Swaps the exact stand-in for the trained structure once training_threshold vectors exist."""
-        threshold = self.spec.training_threshold
-        if not threshold or structure.ntotal < threshold or _is_trained(self.spec, structure):
+        trained = self.strategy.train_if_due(structure)
+        if trained is None:
             return structure
-        ids = _structure_ids(structure)
-        flat = faiss.downcast_index(structure.index)
-        vectors = faiss.vector_to_array(flat.codes).view(np.float32).reshape(-1, self.spec.dimension)
-        log.info("index %s: training %s on %d vectors", self.spec.name, self.spec.kind.value, len(ids))
-        trained = _trained_structure(self.spec, vectors)
-        trained.add_with_ids(vectors, ids)
-        self.changes_since_snapshot += len(ids)
+        self.changes_since_snapshot += trained.ntotal
         return trained
 
     def _read_snapshot(self) -> faiss.Index | None:
@@ -521,7 +321,7 @@ class _Index:
             if _file_checksums(snapshot_path) != manifest["crc32_chunks"]:
                 raise ValueError("its CRC-32 does not match the manifest")
             structure = faiss.read_index(str(snapshot_path))
-            if not _structure_matches(self.spec, structure):
+            if not self.strategy.matches(structure):
                 raise ValueError("the structure does not match the index settings")
             return structure
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
@@ -538,7 +338,7 @@ class _Index:
             with self.lock.read():
                 if self.closed:
                     return
-                needs_compaction = len(self.tombstones) > HNSW_COMPACT_FRACTION * self.structure.ntotal
+                needs_compaction = self.strategy.needs_compaction(self.structure, len(self.tombstones))
             if needs_compaction:
                 with self.lock.write():
                     self._compact()
@@ -556,7 +356,7 @@ class _Index:
         log.info(
             "index %s: rebuilding the graph without %d deleted vectors", self.spec.name, len(self.tombstones)
         )
-        structure = _empty_structure(self.spec)
+        structure = self.strategy.empty_structure()
         self._add(structure, self.record.live_ids_for_build())
         self.structure = structure
         self.tombstones.clear()
@@ -611,10 +411,10 @@ class _Index:
 
     @property
     def trained(self) -> bool:
-        return _is_trained(self.spec, self.structure)
+        return self.strategy.is_trained(self.structure)
 
     def memory_bytes(self) -> int:
-        return _memory_bytes(self.structure)
+        return memory_bytes(self.structure)
 
     def disk_bytes(self) -> int:
         total = 0
@@ -642,7 +442,7 @@ class _Index:
         if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
             results = self._exact_search(queries, wanted, allowed)
         else:
-            if self._quantized:
+            if self.strategy.reranks(self.structure):
                 # Codes give approximate scores: fetch more candidates and re-score them exactly.
                 fetch = max(wanted * RERANK_FACTOR, RERANK_MINIMUM)
                 candidates = self._structure_search(queries, fetch, allowed, tuning)
@@ -675,14 +475,10 @@ class _Index:
             excluded_selector = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64))
             selector = faiss.IDSelectorNot(excluded_selector)
         # A fresh parameters object per call: FAISS's id map swaps its selector in place.
-        params: faiss.SearchParameters | None
-        if isinstance(self.spec.params, HnswParams):
-            params = faiss.SearchParametersHNSW(efSearch=max(tuning or self.spec.params.ef_search, k))
-        elif isinstance(self.spec.params, IvfParams | IvfPqParams) and self.trained:
-            params = faiss.SearchParametersIVF(nprobe=tuning or self.spec.params.nprobe)
-        else:
-            params = faiss.SearchParameters() if selector is not None else None
-        if params is not None and selector is not None:
+        params = self.strategy.search_parameters(self.structure, tuning, k)
+        if selector is not None:
+            if params is None:
+                params = faiss.SearchParameters()
             params.sel = selector
         with _faiss_thread_share(len(queries)):
             scores, labels = self.structure.search(queries, k, params=params)
@@ -695,10 +491,6 @@ class _Index:
             ]
             for row_labels, row_scores in zip(labels, scores, strict=True)
         ]
-
-    @property
-    def _quantized(self) -> bool:
-        return self.spec.kind in (IndexKind.IVF_PQ, IndexKind.SQ8) and self.trained
 
     def _exact_scores(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Scores of every query against every vector, ordered so that lower sorts first."""
@@ -853,7 +645,7 @@ class IndexStore:
             metric, kind = Metric(metric), IndexKind(kind)
         except ValueError as error:
             raise InvalidArgument(str(error), "metric" if "Metric" in str(error) else "kind") from None
-        spec = IndexSpec(name, dimension, metric, kind, _check_params(kind, params, dimension))
+        spec = IndexSpec(name, dimension, metric, kind, check_params(kind, params, dimension))
         with self._lock:
             self._check_open()
             target = self.data_dir / name
@@ -979,7 +771,7 @@ class IndexStore:
         index = self._get(name)
         spec = index.spec
         k = check_k(k)
-        tuning = _search_tuning(spec, ef_search, nprobe)
+        tuning = index.strategy.check_search_settings(ef_search, nprobe)
         self._check_count(len(queries), self.max_queries_per_request, "queries")
         if include_vectors and not conditions:
             # Refused before any search work when the vectors alone would overflow the answer.

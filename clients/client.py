@@ -156,7 +156,7 @@ class VecserveClient:
         return self.indexes.CreateIndex(request, timeout=self._deadline(timeout)).index
 
     def get_index(self, name: str, timeout: float | None = None) -> index_pb2.Index:
-        request = index_pb2.GetIndexRequest(name=name)
+        request = index_pb2.GetIndexRequest(index_name=name)
         return self.indexes.GetIndex(request, timeout=self._deadline(timeout)).index
 
     def list_indexes(
@@ -177,7 +177,8 @@ class VecserveClient:
                 return indexes
 
     def delete_index(self, name: str, timeout: float | None = None) -> None:
-        self.indexes.DeleteIndex(index_pb2.DeleteIndexRequest(name=name), timeout=self._deadline(timeout))
+        request = index_pb2.DeleteIndexRequest(index_name=name)
+        self.indexes.DeleteIndex(request, timeout=self._deadline(timeout))
 
     def upsert(
         self,
@@ -266,7 +267,7 @@ class VecserveClient:
             negative=list(negative),
             method=_enum_number(analogy_pb2.AnalogyMethod, "ANALOGY_METHOD_", method),
             k=k,
-            vocabulary_index=vocabulary_index,
+            index_name=vocabulary_index,
         )
         return list(self.analogies.SolveAnalogy(request, timeout=self._deadline(timeout)).answers)
 
@@ -288,7 +289,7 @@ class VecserveClient:
     ) -> list[list[analogy_pb2.ScoredWord]]:
         """For each word or phrase, the nearest vocabulary words, closest first."""
         request = analogy_pb2.FindSimilarWordsRequest(
-            queries=list(queries), k=k, vocabulary_index=vocabulary_index
+            queries=list(queries), k=k, index_name=vocabulary_index
         )
         response = self.analogies.FindSimilarWords(request, timeout=self._deadline(timeout))
         return [list(result.words) for result in response.results]
@@ -297,7 +298,7 @@ class VecserveClient:
         self, words: Sequence[str] = (), vocabulary_index: str = "", timeout: float | None = None
     ) -> analogy_pb2.GetVocabularyResponse:
         """The vocabulary's size and, per word, whether it holds it (only those can be answers)."""
-        request = analogy_pb2.GetVocabularyRequest(words=list(words), vocabulary_index=vocabulary_index)
+        request = analogy_pb2.GetVocabularyRequest(words=list(words), index_name=vocabulary_index)
         return self.analogies.GetVocabulary(request, timeout=self._deadline(timeout))
 
 

@@ -66,9 +66,9 @@ REQUESTS: dict[str, Callable[[], Message | list[Message]]] = {
     ),
     "EmbeddingService/GetModelInfo": lambda: embedding_pb2.GetModelInfoRequest(),
     "IndexService/CreateIndex": lambda: index_pb2.CreateIndexRequest(name=f"made-{uuid.uuid4().hex[:12]}"),
-    "IndexService/GetIndex": lambda: index_pb2.GetIndexRequest(name=INDEX),
+    "IndexService/GetIndex": lambda: index_pb2.GetIndexRequest(index_name=INDEX),
     "IndexService/ListIndexes": lambda: index_pb2.ListIndexesRequest(),
-    "IndexService/DeleteIndex": lambda: index_pb2.DeleteIndexRequest(name="auth-never-created"),
+    "IndexService/DeleteIndex": lambda: index_pb2.DeleteIndexRequest(index_name="auth-never-created"),
     "IndexService/UpsertDocuments": lambda: index_pb2.UpsertDocumentsRequest(
         index_name=INDEX, documents=[index_pb2.Document(id="extra", text="written with a write token")]
     ),
@@ -85,17 +85,17 @@ REQUESTS: dict[str, Callable[[], Message | list[Message]]] = {
         index_name=INDEX, queries=[index_pb2.Query(text="an open door")], k=1
     ),
     "AnalogyService/SolveAnalogy": lambda: analogy_pb2.SolveAnalogyRequest(
-        positive=["king", "woman"], negative=["man"], vocabulary_index=MISSING_VOCABULARY
+        positive=["king", "woman"], negative=["man"], index_name=MISSING_VOCABULARY
     ),
     "AnalogyService/CompareRelations": lambda: analogy_pb2.CompareRelationsRequest(
         reference=analogy_pb2.WordPair(first="paris", second="france"),
         candidates=[analogy_pb2.WordPair(first="rome", second="italy")],
     ),
     "AnalogyService/FindSimilarWords": lambda: analogy_pb2.FindSimilarWordsRequest(
-        queries=["door"], vocabulary_index=MISSING_VOCABULARY
+        queries=["door"], index_name=MISSING_VOCABULARY
     ),
     "AnalogyService/GetVocabulary": lambda: analogy_pb2.GetVocabularyRequest(
-        words=["door"], vocabulary_index=MISSING_VOCABULARY
+        words=["door"], index_name=MISSING_VOCABULARY
     ),
 }
 TOKENS = {"none": None, "wrong": WRONG_TOKEN, "read": READ_TOKEN, "write": WRITE_TOKEN}

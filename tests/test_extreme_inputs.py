@@ -291,7 +291,7 @@ def test_a_search_answer_bounded_over_the_limit_is_refused_before_searching(
 def test_an_invalid_vocabulary_index_name_names_its_field(small: VecserveClient) -> None:
     error = refusal(small.solve_analogy, ["king"], vocabulary_index="../x")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violated_fields(error) == ["vocabulary_index"]
+    assert violated_fields(error) == ["index_name"]
 
 
 def test_a_vocabulary_index_without_texts_says_so(small: VecserveClient) -> None:

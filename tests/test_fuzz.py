@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vecserve.v1 import index_pb2
+from vecserve.v1 import analogy_pb2, index_pb2
 
 from clients import VecserveClient
 from service.config import Settings
@@ -62,7 +62,7 @@ FUZZ_SETTINGS = settings(
 
 # -- request generation from descriptors --------------------------------------------------------
 
-NAME_FIELDS = {"name", "index_name", "vocabulary_index", "id", "document_id", "key", "page_token"}
+NAME_FIELDS = {"name", "index_name", "id", "document_id", "key", "page_token"}
 EDGE_STRINGS = [
     "",
     " ",
@@ -213,10 +213,11 @@ def message_strategy(descriptor: Descriptor, depth: int = 0) -> st.SearchStrateg
 def request_strategy(draw: st.DrawFn, rpc: Rpc) -> Message | list[Message]:
     def one() -> Message:
         message = draw(message_strategy(rpc.request_type.DESCRIPTOR))
-        # An empty vocabulary_index means the built-in English vocabulary, which takes minutes to
-        # build on first use: point analogy calls at the small test vocabulary instead.
-        if "vocabulary_index" in message.DESCRIPTOR.fields_by_name and not message.vocabulary_index:  # type: ignore[attr-defined]
-            message.vocabulary_index = VOCABULARY  # type: ignore[attr-defined]
+        # An empty index_name in an analogy request means the built-in English vocabulary, which takes
+        # minutes to build on first use: point analogy calls at the small test vocabulary instead.
+        is_analogy = message.DESCRIPTOR.file.name == analogy_pb2.DESCRIPTOR.name
+        if is_analogy and "index_name" in message.DESCRIPTOR.fields_by_name and not message.index_name:  # type: ignore[attr-defined]
+            message.index_name = VOCABULARY  # type: ignore[attr-defined]
         return message
 
     if rpc.client_streaming:

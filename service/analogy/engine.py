@@ -46,6 +46,8 @@ WORD_TEMPLATE = '"{}"'
 # Document texts of an index are matched as they were embedded: bare.
 TEXT_TEMPLATE = "{}"
 MAX_LOOKUP_WORDS = 100_000
+# The request field that names an index serving as the vocabulary, for the errors about it.
+VOCABULARY_INDEX_FIELD = "index_name"
 # Word vectors kept for reuse (about 1.5 KiB each with 384 dimensions): queries repeat words a lot.
 WORD_CACHE_ENTRIES = 20_000
 
@@ -452,7 +454,7 @@ class AnalogyEngine:
     def _vocabulary(self, vocabulary_index: str, timeout: float | None) -> Vocabulary:
         if not vocabulary_index:
             return self._default_vocabulary(timeout)
-        check_name(vocabulary_index, "vocabulary_index")
+        check_name(vocabulary_index, VOCABULARY_INDEX_FIELD)
         if self._index_vocabulary is None:
             raise NotFound(f"index {vocabulary_index!r} not found: this server has no index store")
         # Read before the contents: a write in between makes the entry stale, never wrongly fresh.
@@ -467,7 +469,7 @@ class AnalogyEngine:
                 f"index {vocabulary_index!r} has no document with text, so no words to serve as a "
                 "vocabulary: a vocabulary's words are its documents' texts, and documents stored as "
                 "vectors alone cannot be looked up by word",
-                "vocabulary_index",
+                VOCABULARY_INDEX_FIELD,
             )
         vocabulary = Vocabulary.from_vectors(texts, vectors, template=TEXT_TEMPLATE)
         if generation is not None:

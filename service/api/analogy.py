@@ -50,7 +50,7 @@ class AnalogyCalls:
             list(request.negative),
             method=method,
             k=request.k,
-            vocabulary_index=request.vocabulary_index,
+            vocabulary_index=request.index_name,
             timeout=_wait_budget(call),
         )
         return pb.SolveAnalogyResponse(answers=_scored(answers), method=_METHOD_MESSAGES[method])
@@ -82,7 +82,7 @@ class AnalogyCalls:
         results = self._engine.find_similar_words(
             list(request.queries),
             k=request.k,
-            vocabulary_index=request.vocabulary_index,
+            vocabulary_index=request.index_name,
             timeout=_wait_budget(call),
         )
         return pb.FindSimilarWordsResponse(
@@ -94,7 +94,7 @@ class AnalogyCalls:
 
     def GetVocabulary(self, request: pb.GetVocabularyRequest, call: CallContext) -> pb.GetVocabularyResponse:
         description = self._engine.describe_vocabulary(
-            list(request.words), vocabulary_index=request.vocabulary_index, timeout=_wait_budget(call)
+            list(request.words), vocabulary_index=request.index_name, timeout=_wait_budget(call)
         )
         return pb.GetVocabularyResponse(
             word_count=description.word_count,

@@ -227,7 +227,7 @@ class IndexCalls:
         return pb.CreateIndexResponse(index=index_message(info))
 
     def GetIndex(self, request: pb.GetIndexRequest, call: CallContext) -> pb.GetIndexResponse:
-        return pb.GetIndexResponse(index=index_message(self._store.get_index(request.name)))
+        return pb.GetIndexResponse(index=index_message(self._store.get_index(request.index_name)))
 
     def ListIndexes(self, request: pb.ListIndexesRequest, call: CallContext) -> pb.ListIndexesResponse:
         infos, next_token = self._store.list_indexes(request.page_size, request.page_token)
@@ -236,7 +236,7 @@ class IndexCalls:
         )
 
     def DeleteIndex(self, request: pb.DeleteIndexRequest, call: CallContext) -> pb.DeleteIndexResponse:
-        self._store.delete_index(request.name)
+        self._store.delete_index(request.index_name)
         return pb.DeleteIndexResponse()
 
     def UpsertDocuments(

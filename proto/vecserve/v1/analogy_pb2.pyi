@@ -27,18 +27,18 @@ class ScoredWord(_message.Message):
     def __init__(self, word: _Optional[str] = ..., score: _Optional[float] = ..., ranking_score: _Optional[float] = ...) -> None: ...
 
 class SolveAnalogyRequest(_message.Message):
-    __slots__ = ("positive", "negative", "method", "k", "vocabulary_index")
+    __slots__ = ("positive", "negative", "method", "k", "index_name")
     POSITIVE_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
-    VOCABULARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
     positive: _containers.RepeatedScalarFieldContainer[str]
     negative: _containers.RepeatedScalarFieldContainer[str]
     method: AnalogyMethod
     k: int
-    vocabulary_index: str
-    def __init__(self, positive: _Optional[_Iterable[str]] = ..., negative: _Optional[_Iterable[str]] = ..., method: _Optional[_Union[AnalogyMethod, str]] = ..., k: _Optional[int] = ..., vocabulary_index: _Optional[str] = ...) -> None: ...
+    index_name: str
+    def __init__(self, positive: _Optional[_Iterable[str]] = ..., negative: _Optional[_Iterable[str]] = ..., method: _Optional[_Union[AnalogyMethod, str]] = ..., k: _Optional[int] = ..., index_name: _Optional[str] = ...) -> None: ...
 
 class SolveAnalogyResponse(_message.Message):
     __slots__ = ("answers", "method")
@@ -83,14 +83,14 @@ class CompareRelationsResponse(_message.Message):
     def __init__(self, reference_pair_similarity: _Optional[float] = ..., comparisons: _Optional[_Iterable[_Union[RelationComparison, _Mapping]]] = ...) -> None: ...
 
 class FindSimilarWordsRequest(_message.Message):
-    __slots__ = ("queries", "k", "vocabulary_index")
+    __slots__ = ("queries", "k", "index_name")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
-    VOCABULARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
     queries: _containers.RepeatedScalarFieldContainer[str]
     k: int
-    vocabulary_index: str
-    def __init__(self, queries: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., vocabulary_index: _Optional[str] = ...) -> None: ...
+    index_name: str
+    def __init__(self, queries: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., index_name: _Optional[str] = ...) -> None: ...
 
 class SimilarWords(_message.Message):
     __slots__ = ("query", "words")
@@ -107,12 +107,12 @@ class FindSimilarWordsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SimilarWords, _Mapping]]] = ...) -> None: ...
 
 class GetVocabularyRequest(_message.Message):
-    __slots__ = ("vocabulary_index", "words")
-    VOCABULARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("index_name", "words")
+    INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
     WORDS_FIELD_NUMBER: _ClassVar[int]
-    vocabulary_index: str
+    index_name: str
     words: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, vocabulary_index: _Optional[str] = ..., words: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, index_name: _Optional[str] = ..., words: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetVocabularyResponse(_message.Message):
     __slots__ = ("word_count", "contains", "word_template")

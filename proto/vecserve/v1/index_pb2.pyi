@@ -122,10 +122,10 @@ class CreateIndexResponse(_message.Message):
     def __init__(self, index: _Optional[_Union[Index, _Mapping]] = ...) -> None: ...
 
 class GetIndexRequest(_message.Message):
-    __slots__ = ("name",)
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    __slots__ = ("index_name",)
+    INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
+    index_name: str
+    def __init__(self, index_name: _Optional[str] = ...) -> None: ...
 
 class GetIndexResponse(_message.Message):
     __slots__ = ("index",)
@@ -150,10 +150,10 @@ class ListIndexesResponse(_message.Message):
     def __init__(self, indexes: _Optional[_Iterable[_Union[Index, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteIndexRequest(_message.Message):
-    __slots__ = ("name",)
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    __slots__ = ("index_name",)
+    INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
+    index_name: str
+    def __init__(self, index_name: _Optional[str] = ...) -> None: ...
 
 class DeleteIndexResponse(_message.Message):
     __slots__ = ()

@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks.common import Report, machine_context, percentile, short_texts
 from clients import VecserveClient
 from clients.local_server import ServerProcess
-from service.index import store as index_store
+from service.index import snapshots
 from service.index.filters import Condition
 from service.index.model import Document, HnswParams, Query
 from service.index.store import IndexStore
@@ -217,7 +217,7 @@ def large_index(report: Report, count: int, scratch: Path, hnsw: HnswParams | No
     store.close()
 
     # The same start-up without a snapshot: everything rebuilt from the record.
-    (flat_dir / "vectors" / index_store.MANIFEST_FILE).unlink()
+    (flat_dir / "vectors" / snapshots.MANIFEST_FILE).unlink()
     rebuild, store = open_timed(flat_dir)
     store.close()
     report.add(section, "start-up rebuilding from the record, flat", rebuild, "s", "no snapshot")

@@ -13,6 +13,7 @@ import pytest
 
 from service.embedding.encoder import Encoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from service.index import open_index, snapshots
 from service.index import store as index_store
 from service.index.filters import Condition, NumericRange
 from service.index.model import Document, HnswParams, IvfParams, IvfPqParams, Query, Sq8Params
@@ -370,12 +371,12 @@ def filtered_corpus(store: IndexStore, kind: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat", "sq8"])
-@pytest.mark.parametrize("exact_filter_limit", [index_store.EXACT_FILTER_LIMIT, 0])
+@pytest.mark.parametrize("exact_filter_limit", [open_index.EXACT_FILTER_LIMIT, 0])
 def test_filters_return_k_hits_where_a_post_filter_would_not(
     store: IndexStore, monkeypatch: pytest.MonkeyPatch, kind: str, exact_filter_limit: int
 ) -> None:
     # A limit of 0 sends every filter through the FAISS selector (and its exact fallback).
-    monkeypatch.setattr(index_store, "EXACT_FILTER_LIMIT", exact_filter_limit)
+    monkeypatch.setattr(open_index, "EXACT_FILTER_LIMIT", exact_filter_limit)
     query = filtered_corpus(store, kind)
     k = 20
     unfiltered = store.search("docs", [Query(vector=query)], k=k)[0]
@@ -420,7 +421,7 @@ def test_filters_return_k_hits_where_a_post_filter_would_not(
 def test_a_starved_approximate_search_falls_back_to_exact(
     store: IndexStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index_store, "EXACT_FILTER_LIMIT", 0)
+    monkeypatch.setattr(open_index, "EXACT_FILTER_LIMIT", 0)
     store.create_index("exact", DIMENSION)
     store.create_index("ivf", DIMENSION, kind="ivf_flat", params=IvfParams(nlist=16, nprobe=1))
     vectors = clustered_vectors(2000, DIMENSION, seed=6)
@@ -636,7 +637,7 @@ def test_a_damaged_snapshot_is_rebuilt_from_the_record(store: IndexStore, damage
     add_vectors(store, "docs", vectors)
     store.close()
     index_dir = store.data_dir / "docs"
-    manifest = json.loads((index_dir / index_store.MANIFEST_FILE).read_text())
+    manifest = json.loads((index_dir / snapshots.MANIFEST_FILE).read_text())
     snapshot = index_dir / manifest["file"]
     data = bytearray(snapshot.read_bytes())
     if damage == "flip-bytes":
@@ -647,7 +648,7 @@ def test_a_damaged_snapshot_is_rebuilt_from_the_record(store: IndexStore, damage
     elif damage == "missing-file":
         snapshot.unlink()
     else:
-        (index_dir / index_store.MANIFEST_FILE).write_text("{not json")
+        (index_dir / snapshots.MANIFEST_FILE).write_text("{not json")
     reopened = IndexStore(store.data_dir)
     try:
         assert reopened.get_index("docs").document_count == 800
@@ -656,7 +657,7 @@ def test_a_damaged_snapshot_is_rebuilt_from_the_record(store: IndexStore, damage
     finally:
         reopened.close()
     # The rebuilt structure was snapshotted again, intact.
-    manifest = json.loads((index_dir / index_store.MANIFEST_FILE).read_text())
+    manifest = json.loads((index_dir / snapshots.MANIFEST_FILE).read_text())
     assert (index_dir / manifest["file"]).stat().st_size == manifest["bytes"]
 
 
@@ -686,7 +687,7 @@ def test_snapshots_are_taken_every_n_changes(data_dir: Path) -> None:
     store = IndexStore(data_dir, snapshot_every=300)
     try:
         store.create_index("docs", DIMENSION)
-        manifest = data_dir / "docs" / index_store.MANIFEST_FILE
+        manifest = data_dir / "docs" / snapshots.MANIFEST_FILE
         add_vectors(store, "docs", random_vectors(200), batch=100)
         store._snapshots.submit(lambda: None).result()  # wait for queued snapshots
         assert not manifest.exists()

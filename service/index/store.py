@@ -35,32 +35,29 @@ import base64
 import binascii
 import contextlib
 import fcntl
-import itertools
-import json
 import logging
 import os
 import shutil
 import sqlite3
 import threading
 import uuid
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from service.common.durable import fsync_directory
 from service.common.limits import check_k
 from service.common.thread_share import ThreadShare
 from service.common.validation import check_unicode
 from service.embedding.protocol import TextEncoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
 from service.index.filters import Condition
-from service.index.kinds import SearchTuning, check_params, kind_strategy, memory_bytes, structure_ids
+from service.index.kinds import check_params
 from service.index.model import (
     DEFAULT_KIND,
-    FORMAT_VERSION,
     MAX_DIMENSION,
     MAX_ID_CHARACTERS,
     NAME_PATTERN,
@@ -78,7 +75,8 @@ from service.index.model import (
     check_vector,
     normalize_rows,
 )
-from service.index.record import DATABASE_FILE, LOAD_CHUNK, Record, create_record, read_spec_json
+from service.index.open_index import OpenIndex
+from service.index.record import DATABASE_FILE, create_record, read_spec_json
 from service.index.search_batching import SearchCoalescer
 
 log = logging.getLogger(__name__)
@@ -94,76 +92,8 @@ _SEARCH_THREADS = ThreadShare(faiss.omp_get_max_threads())
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# A filter matching at most this many documents is answered by exact search over them directly.
-EXACT_FILTER_LIMIT = 2048
-# When an approximate search returns fewer than k allowed hits, the candidates are searched exactly
-# if there are at most this many (beyond it, the approximate hits are returned as they are).
-EXACT_FALLBACK_LIMIT = 200_000
-# Quantized kinds (ivf_pq, sq8) fetch max(k * RERANK_FACTOR, RERANK_MINIMUM) candidates and re-score
-# them exactly with the stored vectors, so their scores are exact and their recall close to flat's.
-RERANK_FACTOR = 4
-RERANK_MINIMUM = 32
 DEFAULT_SNAPSHOT_EVERY = 50_000
-# Snapshots carry one CRC-32 per chunk of this size, so start-up verifies them in parallel.
-CHECKSUM_CHUNK = 64 * 1024 * 1024
-
-MANIFEST_FILE = "snapshot.json"
 LOCK_FILE = ".lock"
-
-# ---------------------------------------------------------------------------------------------
-# FAISS structures
-
-
-@contextlib.contextmanager
-def _faiss_thread_share(queries: int) -> Iterator[None]:
-    """Runs FAISS in this thread (its OpenMP setting is per calling thread) with an even share of the
-    cores among the searches running now, and one thread per query at most (FAISS splits by query).
-
-    A server's searches run side by side in many threads: an OpenMP team per call oversubscribes the
-    cores and spins in sched_yield (32 concurrent one-query clients on 2 cores: 29 queries/s with a
-    team each, 181 on one thread each). A search running alone, such as merged concurrent queries or
-    one client's batch, gets every core: at 100 queries per call, 2.0x for HNSW and sq8 and 1.4x for
-    exact search on 2 cores here.
-    """
-    with _SEARCH_THREADS.share(queries) as threads:
-        previous = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(threads)
-        try:
-            yield
-        finally:
-            faiss.omp_set_num_threads(previous)
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _write_durably(path: Path, data: bytes | memoryview) -> None:
-    """Writes to a temporary file, fsyncs it, renames it over `path` and fsyncs the directory."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
-
-
-def _file_checksums(path: Path) -> list[int]:
-    """CRC-32 of each CHECKSUM_CHUNK of a file, computed on all cores (zlib releases the GIL)."""
-
-    def checksum(offset: int) -> int:
-        with open(path, "rb", buffering=0) as handle:
-            handle.seek(offset)
-            return zlib.crc32(handle.read(CHECKSUM_CHUNK))
-
-    offsets = range(0, path.stat().st_size, CHECKSUM_CHUNK)
-    with ThreadPoolExecutor(max_workers=min(len(offsets), os.cpu_count() or 1) or 1) as pool:
-        return list(pool.map(checksum, offsets))
 
 
 def _hit_bytes(hit: Hit) -> int:
@@ -193,356 +123,6 @@ def _check_answer_size(answer_bytes: int, limit: int) -> None:
             "per message (--max-message-bytes): lower k, send fewer queries at once, or leave out "
             "include_vectors"
         )
-
-
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds back new readers so writes are not starved."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._condition:
-            self._condition.wait_for(lambda: not self._writer and not self._writers_waiting)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                if not self._readers:
-                    self._condition.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._condition:
-            self._writers_waiting += 1
-            self._condition.wait_for(lambda: not self._writer and not self._readers)
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._writer = False
-                self._condition.notify_all()
-
-
-# ---------------------------------------------------------------------------------------------
-# One index
-
-
-# Numbers each opened index, so that a deleted and re-created index never looks like the old one.
-_INDEX_SERIALS = itertools.count(1)
-
-
-class _Index:
-    """One open index: its record (SQLite), its search structure (FAISS) and their locks."""
-
-    def __init__(self, path: Path, spec: IndexSpec, snapshot_every: int) -> None:
-        self.serial = next(_INDEX_SERIALS)
-        # Bumped by every write and delete (under the write lock): what readers' caches compare.
-        self.version = 0
-        self.path = path
-        self.spec = spec
-        self.snapshot_every = snapshot_every
-        self.lock = ReadWriteLock()
-        self.snapshot_lock = threading.Lock()
-        self.closed = False
-        self.snapshot_pending = False
-        self.changes_since_snapshot = 0
-        self.tombstones: set[int] = set()
-        self.strategy = kind_strategy(spec)
-        self.record = Record(path, spec.dimension)
-        self.document_count = 0
-        self.structure = self._load_structure()
-
-    # -- the FAISS structure ---------------------------------------------------------------------
-
-    def _load_structure(self) -> faiss.Index:
-        live_ids = self.record.live_ids_for_build()
-        self.document_count = len(live_ids)
-        structure = self._read_snapshot()
-        if structure is None:
-            structure = self.strategy.empty_structure()
-            self._add(structure, live_ids)
-            self.changes_since_snapshot = len(live_ids)
-        else:
-            stored_ids = structure_ids(structure)
-            stale = np.setdiff1d(stored_ids, live_ids, assume_unique=True)
-            missing = np.setdiff1d(live_ids, stored_ids, assume_unique=True)
-            # Tombstoning leaves the structure as it is, so only real removals call for a new snapshot.
-            removed = self._remove(structure, stale)
-            self._add(structure, missing)
-            self.changes_since_snapshot = removed + len(missing)
-            if self.changes_since_snapshot:
-                log.info(
-                    "index %s: caught up from the record (%d added, %d removed since the snapshot)",
-                    self.spec.name,
-                    len(missing),
-                    len(stale),
-                )
-        return self._maybe_train(structure)
-
-    def _add(self, structure: faiss.Index, faiss_ids: np.ndarray) -> None:
-        for start in range(0, len(faiss_ids), LOAD_CHUNK):
-            chunk = faiss_ids[start : start + LOAD_CHUNK]
-            structure.add_with_ids(self.record.vectors_for_build(chunk), chunk)
-
-    def _remove(self, structure: faiss.Index, faiss_ids: np.ndarray) -> int:
-        """Takes the vectors out of every search; returns how many left the structure itself."""
-        if not len(faiss_ids):
-            return 0
-        return self.strategy.remove(structure, faiss_ids, self.tombstones)
-
-    def _maybe_train(self, structure: faiss.Index) -> faiss.Index:
-        """Swaps the exact stand-in for the trained structure once training_threshold vectors exist."""
-        trained = self.strategy.train_if_due(structure)
-        if trained is None:
-            return structure
-        self.changes_since_snapshot += trained.ntotal
-        return trained
-
-    def _read_snapshot(self) -> faiss.Index | None:
-        """The snapshot named by the manifest, if complete and intact; None otherwise."""
-        manifest_path = self.path / MANIFEST_FILE
-        if not manifest_path.exists():
-            return None
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            snapshot_path = self.path / manifest["file"]
-            if snapshot_path.stat().st_size != manifest["bytes"]:
-                raise ValueError("its size does not match the manifest")
-            # Verified before FAISS reads a byte of it.
-            if _file_checksums(snapshot_path) != manifest["crc32_chunks"]:
-                raise ValueError("its CRC-32 does not match the manifest")
-            structure = faiss.read_index(str(snapshot_path))
-            if not self.strategy.matches(structure):
-                raise ValueError("the structure does not match the index settings")
-            return structure
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-            log.warning("index %s: snapshot unusable (%s); rebuilding from the record", self.spec.name, error)
-            return None
-
-    def snapshot(self) -> None:
-        """Writes the structure durably and points the manifest at it; old snapshots are removed.
-
-        The structure is serialized under the read lock (writes wait, searches go on); the file is
-        written after the lock is released.
-        """
-        with self.snapshot_lock:
-            with self.lock.read():
-                if self.closed:
-                    return
-                needs_compaction = self.strategy.needs_compaction(self.structure, len(self.tombstones))
-            if needs_compaction:
-                with self.lock.write():
-                    self._compact()
-            with self.lock.read():
-                data = faiss.serialize_index(self.structure)
-                changes, self.changes_since_snapshot = self.changes_since_snapshot, 0
-            try:
-                self._write_snapshot(data)
-            except BaseException:
-                self.changes_since_snapshot += changes
-                raise
-
-    def _compact(self) -> None:
-        """Rebuilds an HNSW graph without its tombstoned vectors (HNSW cannot remove them)."""
-        log.info(
-            "index %s: rebuilding the graph without %d deleted vectors", self.spec.name, len(self.tombstones)
-        )
-        structure = self.strategy.empty_structure()
-        self._add(structure, self.record.live_ids_for_build())
-        self.structure = structure
-        self.tombstones.clear()
-
-    def _write_snapshot(self, data: np.ndarray) -> None:
-        manifest_path = self.path / MANIFEST_FILE
-        generation = 1
-        if manifest_path.exists():
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                generation = int(json.loads(manifest_path.read_text())["generation"]) + 1
-        file_name = f"snapshot-{generation:08d}.faiss"
-        _write_durably(self.path / file_name, memoryview(data))
-        view = memoryview(data)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "generation": generation,
-            "file": file_name,
-            "bytes": len(data),
-            "crc32_chunk_bytes": CHECKSUM_CHUNK,
-            "crc32_chunks": [
-                zlib.crc32(view[i : i + CHECKSUM_CHUNK]) for i in range(0, len(data), CHECKSUM_CHUNK)
-            ],
-        }
-        _write_durably(manifest_path, json.dumps(manifest).encode())
-        for old in self.path.glob("snapshot-*.faiss*"):
-            if old.name != file_name:
-                old.unlink(missing_ok=True)
-        log.info("index %s: snapshot %s written (%d bytes)", self.spec.name, file_name, len(data))
-
-    # -- writes (callers hold the write lock) ----------------------------------------------------
-
-    def write(self, documents: Sequence[PreparedDocument]) -> None:
-        """Stores the documents (replacing same ids) durably, then updates the search structure."""
-        old_ids, new_ids = self.record.replace(documents)
-        # Durable from here on; the structure follows.
-        self._remove(self.structure, old_ids)
-        self.structure.add_with_ids(np.stack([d.vector for d in documents]), new_ids)  # type: ignore[misc]
-        self.document_count += len(documents) - len(old_ids)
-        self.changes_since_snapshot += len(documents) + len(old_ids)
-        self.version += 1
-        self.structure = self._maybe_train(self.structure)
-
-    def delete(self, ids: Sequence[str]) -> int:
-        old_ids = self.record.delete(ids)
-        self._remove(self.structure, old_ids)
-        self.document_count -= len(old_ids)
-        self.changes_since_snapshot += len(old_ids)
-        self.version += 1
-        return len(old_ids)
-
-    # -- reads (callers hold the read lock) ------------------------------------------------------
-
-    @property
-    def trained(self) -> bool:
-        return self.strategy.is_trained(self.structure)
-
-    def memory_bytes(self) -> int:
-        return memory_bytes(self.structure)
-
-    def disk_bytes(self) -> int:
-        total = 0
-        for entry in self.path.iterdir():
-            with contextlib.suppress(FileNotFoundError):  # a snapshot's temporary file may vanish
-                total += entry.stat().st_size
-        return total
-
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        conditions: Sequence[Condition],
-        excluded: Sequence[int | None],
-        tuning: SearchTuning = None,
-    ) -> list[list[tuple[int, float]]]:
-        """(faiss_id, score) pairs per query, best first; `excluded[i]` is left out of query i's hits."""
-        wanted = k + (1 if any(faiss_id is not None for faiss_id in excluded) else 0)
-        allowed: np.ndarray | None = None
-        if conditions:
-            allowed = self.record.ids_passing(conditions)
-            if not len(allowed):
-                return [[] for _ in range(len(queries))]
-        candidate_count = len(allowed) if allowed is not None else self.document_count
-        if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
-            results = self._exact_search(queries, wanted, allowed)
-        else:
-            if self.strategy.reranks(self.structure):
-                # Codes give approximate scores: fetch more candidates and re-score them exactly.
-                fetch = max(wanted * RERANK_FACTOR, RERANK_MINIMUM)
-                candidates = self._structure_search(queries, fetch, allowed, tuning)
-                results = self._rerank(queries, candidates, wanted)
-            else:
-                results = self._structure_search(queries, wanted, allowed, tuning)
-            # An approximate search may find fewer allowed hits than exist (a selective filter
-            # starves HNSW's candidate list or IVF's probed lists): search those queries exactly.
-            short = [
-                position for position, hits in enumerate(results) if len(hits) < min(wanted, candidate_count)
-            ]
-            if short and candidate_count <= EXACT_FALLBACK_LIMIT:
-                everyone = allowed if allowed is not None else self.record.live_ids()
-                exact = self._exact_search(queries[short], wanted, everyone)
-                for position, hits in zip(short, exact, strict=True):
-                    results[position] = hits
-        return [
-            [hit for hit in hits if hit[0] != exclude][:k]
-            for hits, exclude in zip(results, excluded, strict=True)
-        ]
-
-    def _structure_search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, tuning: SearchTuning = None
-    ) -> list[list[tuple[int, float]]]:
-        selector: faiss.IDSelector | None = None
-        excluded_selector: faiss.IDSelector | None = None
-        if allowed is not None:
-            selector = faiss.IDSelectorBatch(allowed)
-        elif self.tombstones:
-            excluded_selector = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64))
-            selector = faiss.IDSelectorNot(excluded_selector)
-        # A fresh parameters object per call: FAISS's id map swaps its selector in place.
-        params = self.strategy.search_parameters(self.structure, tuning, k)
-        if selector is not None:
-            if params is None:
-                params = faiss.SearchParameters()
-            params.sel = selector
-        with _faiss_thread_share(len(queries)):
-            scores, labels = self.structure.search(queries, k, params=params)
-        del excluded_selector  # kept alive until the search is done
-        return [
-            [
-                (int(label), float(score))
-                for label, score in zip(row_labels, row_scores, strict=True)
-                if label >= 0
-            ]
-            for row_labels, row_scores in zip(labels, scores, strict=True)
-        ]
-
-    def _exact_scores(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """Scores of every query against every vector, ordered so that lower sorts first."""
-        if self.spec.metric is Metric.L2:
-            return np.maximum(
-                (queries**2).sum(axis=1)[:, None]
-                - 2 * queries @ vectors.T
-                + (vectors**2).sum(axis=1)[None, :],
-                0.0,
-            )
-        return queries @ vectors.T
-
-    def _best(self, scores: np.ndarray, candidates: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The k best (id, score) pairs of one query's scores, best first."""
-        ordering = scores if self.spec.metric is Metric.L2 else -scores
-        k = min(k, len(candidates))
-        top = np.argpartition(ordering, k - 1)[:k] if k < len(candidates) else np.arange(len(candidates))
-        top = top[np.argsort(ordering[top], kind="stable")]
-        return [(int(candidates[i]), float(scores[i])) for i in top]
-
-    def _exact_search(
-        self, queries: np.ndarray, k: int, candidates: np.ndarray
-    ) -> list[list[tuple[int, float]]]:
-        """Exact search of the queries over the stored vectors of the candidates."""
-        scores = self._exact_scores(queries, self.record.vectors(candidates))
-        return [self._best(row, candidates, k) for row in scores]
-
-    def _rerank(
-        self,
-        queries: np.ndarray,
-        candidates: list[list[tuple[int, float]]],
-        k: int,
-    ) -> list[list[tuple[int, float]]]:
-        """Each query's candidates re-scored exactly with their stored vectors; the k best kept."""
-        unique = np.array(sorted({faiss_id for hits in candidates for faiss_id, _ in hits}), dtype=np.int64)
-        if not len(unique):
-            return [[] for _ in candidates]
-        vectors = self.record.vectors(unique)
-        row_of = {int(faiss_id): row for row, faiss_id in enumerate(unique)}
-        results = []
-        for query, hits in zip(queries, candidates, strict=True):
-            ids = np.array([faiss_id for faiss_id, _ in hits], dtype=np.int64)
-            if not len(ids):
-                results.append([])
-                continue
-            rows = [row_of[int(faiss_id)] for faiss_id in ids]
-            results.append(self._best(self._exact_scores(query[None, :], vectors[rows])[0], ids, k))
-        return results
-
-    def close(self) -> None:
-        self.closed = True
-        self.record.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,7 +162,7 @@ class IndexStore:
         self.max_text_characters = max_text_characters
         self._snapshot_every = snapshot_every
         self._lock = threading.Lock()
-        self._indexes: dict[str, _Index] = {}
+        self._indexes: dict[str, OpenIndex] = {}
         self._closed = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.data_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held until close()
@@ -618,9 +198,9 @@ class IndexStore:
                 if index.changes_since_snapshot:
                     self._schedule_snapshot(index)
 
-    def _open(self, path: Path) -> _Index:
+    def _open(self, path: Path) -> OpenIndex:
         spec = IndexSpec.from_json(path.name, read_spec_json(path))
-        return _Index(path, spec, self._snapshot_every)
+        return OpenIndex(path, spec, self._snapshot_every, _SEARCH_THREADS)
 
     # -- index management ------------------------------------------------------------------------
 
@@ -655,10 +235,10 @@ class IndexStore:
             staging = self.data_dir / f".creating-{name}-{uuid.uuid4().hex}"
             staging.mkdir()
             create_record(staging, spec.to_json())
-            _fsync_directory(staging)
+            fsync_directory(staging)
             os.rename(staging, target)
-            _fsync_directory(self.data_dir)
-            index = _Index(target, spec, self._snapshot_every)
+            fsync_directory(self.data_dir)
+            index = OpenIndex(target, spec, self._snapshot_every, _SEARCH_THREADS)
             self._indexes[name] = index
         return self._info(index)
 
@@ -701,7 +281,7 @@ class IndexStore:
             index.close()
         trash = self.data_dir / f".deleting-{name}-{uuid.uuid4().hex}"
         os.rename(index.path, trash)
-        _fsync_directory(self.data_dir)
+        fsync_directory(self.data_dir)
         shutil.rmtree(trash, ignore_errors=True)
 
     def dimension(self, name: str) -> int:
@@ -887,7 +467,7 @@ class IndexStore:
         if self._closed:
             raise FailedPrecondition("the index store is closed")
 
-    def _get(self, name: str, field_name: str = "index_name") -> _Index:
+    def _get(self, name: str, field_name: str = "index_name") -> OpenIndex:
         check_name(name, field_name)
         with self._lock:
             self._check_open()
@@ -897,7 +477,7 @@ class IndexStore:
         return index
 
     @staticmethod
-    def _check_alive(index: _Index) -> None:
+    def _check_alive(index: OpenIndex) -> None:
         if index.closed:
             raise NotFound(f"index {index.spec.name!r} does not exist")
 
@@ -964,11 +544,11 @@ class IndexStore:
             ]
         )
 
-    def _snapshot_if_due(self, index: _Index) -> None:
+    def _snapshot_if_due(self, index: OpenIndex) -> None:
         if index.changes_since_snapshot >= index.snapshot_every:
             self._schedule_snapshot(index)
 
-    def _schedule_snapshot(self, index: _Index) -> None:
+    def _schedule_snapshot(self, index: OpenIndex) -> None:
         with self._lock:
             if self._closed or index.snapshot_pending:
                 return
@@ -984,7 +564,7 @@ class IndexStore:
 
         self._snapshots.submit(run)
 
-    def _info(self, index: _Index) -> IndexInfo:
+    def _info(self, index: OpenIndex) -> IndexInfo:
         with index.lock.read():
             self._check_alive(index)
             return IndexInfo(

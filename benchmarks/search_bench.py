@@ -22,7 +22,7 @@ from benchmarks.common import Report, concurrent_calls
 from clients import VecserveClient
 from clients.local_server import ServerProcess
 from service.index.model import Document, IndexKind
-from service.index.store import IndexStore
+from service.index.store import FLAT_BLAS_THRESHOLD, IndexStore
 
 DIMENSION = 384
 CLIENTS = 32
@@ -54,6 +54,8 @@ def run(report: Report) -> None:
     size = report.pick(tiny=5_000, quick=100_000, full=100_000)
     query_count = report.pick(tiny=256, quick=1_024, full=4_096)
     vectors, queries = unit_rows(size, 1), unit_rows(query_count, 2)
+    # The setting IndexStore makes for the server, so both sides take FAISS's same (BLAS) path.
+    faiss.cvar.distance_compute_blas_threshold = FLAT_BLAS_THRESHOLD
     exact = faiss.IndexFlatIP(DIMENSION)
     exact.add(vectors)
     exact.search(queries[:CLIENTS], 10)  # warm-up

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -486,21 +487,21 @@ def test_a_search_running_alone_uses_every_faiss_thread_and_one_query_one(
     store.create_index("threads", dimension=DIMENSION, kind="hnsw", params=APPROXIMATE_KINDS["hnsw"])
     add_vectors(store, "threads", random_vectors(200))
     settings: list[int] = []
-    set_threads = index_store.faiss.omp_set_num_threads
+    set_threads = faiss.omp_set_num_threads
 
     def recording(threads: int) -> None:
         settings.append(threads)
         set_threads(threads)
 
-    monkeypatch.setattr(index_store.faiss, "omp_set_num_threads", recording)
-    before = index_store.faiss.omp_get_max_threads()
+    monkeypatch.setattr(faiss, "omp_set_num_threads", recording)
+    before = faiss.omp_get_max_threads()
     queries = [Query(vector=vector) for vector in random_vectors(100, seed=5)]
     assert len(store.search("threads", queries, k=5)) == 100
-    assert settings[0] == index_store._SEARCH_THREADS.threads  # one per core
+    assert settings[0] == store._search_threads.threads  # one per core
     settings.clear()
     store.search("threads", queries[:1], k=5)
     assert settings[0] == 1
-    assert index_store.faiss.omp_get_max_threads() == before  # this thread's setting is restored
+    assert faiss.omp_get_max_threads() == before  # this thread's setting is restored
 
 
 @pytest.mark.parametrize("kind", list(APPROXIMATE_KINDS))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from service.analogy.engine import WORD_TEMPLATE, Vocabulary
+from service.common.durable import durable_replacement
 from service.embedding.protocol import TextEncoder
 from service.errors import FailedPrecondition, Overloaded
 
@@ -53,27 +53,11 @@ def model_key(model_name: str, dimension: int, dtype: str, backend: str) -> str:
     return f"{readable}-{digest[:12]}"
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def save_vocabulary_file(path: Path, words: list[str], vectors: np.ndarray) -> None:
     """Writes words and vectors to path atomically: temporary file, fsync, rename, fsync directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            np.savez(file, words=np.array(words, dtype=str), vectors=vectors.astype(np.float32))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    with durable_replacement(path) as file:
+        np.savez(file, words=np.array(words, dtype=str), vectors=vectors.astype(np.float32))
 
 
 def load_vocabulary_file(path: Path, dimension: int) -> tuple[list[str], np.ndarray] | None:

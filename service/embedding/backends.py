@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.common.durable import fsync_directory, fsync_file
 from service.embedding.model_inputs import InputPreparer
 from service.errors import InvalidSettings
 
@@ -391,10 +391,11 @@ def _build(name: str, model: SentenceTransformer, target: Path) -> dict[str, Any
     }
 
 
-def _fsync_tree(folder: Path) -> None:
+def _fsync_build(folder: Path) -> None:
+    """Makes a finished build folder durable (its files and their entries) before it is renamed."""
     for path in folder.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(path)
+    fsync_directory(folder)
 
 
 def ensure_built(name: str, model: SentenceTransformer, cache_dir: Path) -> tuple[Path, bool]:
@@ -416,13 +417,14 @@ def ensure_built(name: str, model: SentenceTransformer, cache_dir: Path) -> tupl
     try:
         record = _build(name, model, scratch)
         (scratch / "build.json").write_text(json.dumps(record, indent=2) + "\n")
-        _fsync_tree(scratch)
+        _fsync_build(scratch)
         try:
             scratch.rename(target)
         except OSError:
             if not (target / "build.json").exists():
                 raise
             return target, False  # another process finished the same build first
+        fsync_directory(target.parent)
         log.info(
             "built the %s backend in %.1f s (export %.1f s, quantization %.1f s)",
             name,

@@ -1,4 +1,4 @@
-"""Named, durable vector indexes: SQLite is the record, FAISS a derived, snapshotted search structure.
+"""IndexStore, the facade: named, durable vector indexes (SQLite the record, FAISS a derived structure).
 
 Layout of the data directory::
 
@@ -9,24 +9,28 @@ Layout of the data directory::
     <data_dir>/<name>/snapshot-<generation>.faiss
 
 Durability: every write is one SQLite transaction in WAL mode with synchronous=FULL, so it is on disk
-(fsync'd) before the call returns. FAISS ids are the documents' SQLite row ids, assigned from a
-counter that only grows, so a replaced document gets a new id. The FAISS structure is snapshotted
-every `snapshot_every` changes and on close (written to a temporary file, fsync'd, renamed, and
-only then named by the manifest). On open, the snapshot is loaded if its CRC matches and caught up
-with the record by comparing id sets: ids in the snapshot but not in the record are removed (or
-tombstoned), ids in the record but not in the snapshot are added from their stored vectors. A
-missing, torn or corrupt snapshot is rebuilt from the record. Nothing is ever re-embedded.
+(fsync'd) before the call returns (record.py). FAISS ids are the documents' SQLite row ids, assigned
+from a counter that only grows, so a replaced document gets a new id. The FAISS structure is
+snapshotted every `snapshot_every` changes and on close (written to a temporary file, fsync'd,
+renamed, and only then named by the manifest: snapshots.py). On open, the snapshot is loaded if its
+CRC matches and caught up with the record by comparing id sets: ids in the snapshot but not in the
+record are removed (or tombstoned), ids in the record but not in the snapshot are added from their
+stored vectors. A missing, torn or corrupt snapshot is rebuilt from the record. Nothing is ever
+re-embedded. An index is created in a staging directory and renamed into place, and deleted by
+renaming it aside first, so a crash never leaves half of one (the leftovers are removed on the next
+start).
 
-Kinds that train (ivf_flat, ivf_pq, sq8) answer with exact search until `training_threshold`
-vectors are stored, then train on all stored vectors and switch (see `training_threshold`). HNSW
-cannot remove vectors, so deleted ones are tombstoned (excluded from every search) and the graph is
-rebuilt at snapshot time once tombstones pass HNSW_COMPACT_FRACTION of it. Quantized kinds re-score
-their best candidates with the stored vectors (RERANK_FACTOR).
+Kinds that train (ivf_flat, ivf_pq, sq8) answer with exact search until `training_threshold` vectors
+are stored, then train on all stored vectors and switch (see `training_threshold`; each kind's
+behaviour is its strategy in kinds.py). HNSW cannot remove vectors, so deleted ones are tombstoned
+(excluded from every search) and the graph is rebuilt at snapshot time once tombstones pass
+HNSW_COMPACT_FRACTION of it. Quantized kinds re-score their best candidates with the stored vectors
+(RERANK_FACTOR, exact.py).
 
-Metadata filters run inside the search: an indexed (key, kind, value) table yields the FAISS ids that
-pass, which FAISS gets as an IDSelector. At most EXACT_FILTER_LIMIT of them are searched exactly
-instead, and an approximate search that finds fewer than k allowed hits is redone exactly over the
-allowed set, so k hits come back whenever k documents match.
+Metadata filters run inside the search (filters.py, open_index.py): an indexed (key, kind, value)
+table yields the FAISS ids that pass, which FAISS gets as an IDSelector. At most EXACT_FILTER_LIMIT of
+them are searched exactly instead, and an approximate search that finds fewer than k allowed hits is
+redone exactly over the allowed set, so k hits come back whenever k documents match.
 """
 
 from __future__ import annotations
@@ -86,9 +90,6 @@ log = logging.getLogger(__name__)
 # among queries. Measured on 100,000 x 384 flat: 32 merged queries per call gave 50 q/s by scans and
 # 300-490 q/s by BLAS; one query is faster by scan. From 4 queries of 384 dimensions on, BLAS.
 FLAT_BLAS_THRESHOLD = 4 * 384
-faiss.cvar.distance_compute_blas_threshold = FLAT_BLAS_THRESHOLD
-# FAISS's OpenMP threads (one per core by default), shared among the searches running at once.
-_SEARCH_THREADS = ThreadShare(faiss.omp_get_max_threads())
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -150,6 +151,10 @@ class IndexStore:
         max_response_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # A process-wide FAISS setting, made by the store that relies on it (see FLAT_BLAS_THRESHOLD).
+        faiss.cvar.distance_compute_blas_threshold = FLAT_BLAS_THRESHOLD
+        # FAISS's OpenMP threads (one per core by default), shared among the searches running at once.
+        self._search_threads = ThreadShare(faiss.omp_get_max_threads())
         # Largest search answer, about as serialized: the transports' message limit.
         self.max_response_bytes = max_response_bytes
         # Concurrent searches of one index with the same k and filter share one FAISS call.
@@ -200,7 +205,7 @@ class IndexStore:
 
     def _open(self, path: Path) -> OpenIndex:
         spec = IndexSpec.from_json(path.name, read_spec_json(path))
-        return OpenIndex(path, spec, self._snapshot_every, _SEARCH_THREADS)
+        return OpenIndex(path, spec, self._snapshot_every, self._search_threads)
 
     # -- index management ------------------------------------------------------------------------
 
@@ -238,7 +243,7 @@ class IndexStore:
             fsync_directory(staging)
             os.rename(staging, target)
             fsync_directory(self.data_dir)
-            index = OpenIndex(target, spec, self._snapshot_every, _SEARCH_THREADS)
+            index = OpenIndex(target, spec, self._snapshot_every, self._search_threads)
             self._indexes[name] = index
         return self._info(index)
 

@@ -16,7 +16,8 @@ from service.config import Settings
 from service.core import build_core
 from service.embedding.encoder import Encoder
 from service.errors import FailedPrecondition
-from service.index.store import Document, IndexStore, Metric, Query
+from service.index.model import Document, Metric, Query
+from service.index.store import IndexStore
 
 
 def batching_threads() -> list[str]:

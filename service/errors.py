@@ -33,6 +33,10 @@ class FailedPrecondition(VecserveError):
     """The request is valid but the system is not in a state to perform it."""
 
 
+class Unavailable(VecserveError):
+    """The server cannot take the call now (it is shutting down); a retry elsewhere or later may succeed."""
+
+
 class Cancelled(VecserveError):
     """The caller went away (cancelled, or out of time) before its work ran, so the work was skipped."""
 

@@ -19,7 +19,7 @@ from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
 from clients.local_server import ServerProcess, free_port
 from service.config import Settings, settings_from_env
 from service.errors import InvalidSettings
-from service.grpc_server.interceptors import REQUEST_ID_HEADER
+from service.observability.calls import REQUEST_ID_HEADER
 from service.observability.logs import REQUEST_ID, JsonFormatter, TextFormatter
 
 

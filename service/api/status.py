@@ -14,6 +14,7 @@ from service.errors import (
     NotFound,
     Overloaded,
     TooLarge,
+    Unavailable,
     VecserveError,
 )
 
@@ -25,6 +26,7 @@ _CODES: dict[type[VecserveError], int] = {
     TooLarge: code_pb2.RESOURCE_EXHAUSTED,
     FailedPrecondition: code_pb2.FAILED_PRECONDITION,
     Cancelled: code_pb2.CANCELLED,
+    Unavailable: code_pb2.UNAVAILABLE,
 }
 
 # A gRPC status travels in trailers, which clients cap (8 KiB by default, counted after

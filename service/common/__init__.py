@@ -1,1 +1,1 @@
-"""Small pieces the core's packages share: input checks, caches, thread shares, durable files."""
+"""Small pieces the packages share: input checks, caches, thread shares, durable files, the shutdown drain."""

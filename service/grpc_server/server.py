@@ -25,17 +25,19 @@ from vecserve.v1 import (
 from service.analogy.vocabulary import DefaultVocabulary
 from service.api.auth import load_tokens
 from service.api.services import calls_over
+from service.common.drain import Drain
 from service.config import Settings
 from service.core import Core, build_core
 from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
 from service.grpc_server.auth import AuthInterceptor
-from service.grpc_server.interceptors import Drain, ObservingInterceptor, receive_limit
+from service.grpc_server.interceptors import ObservingInterceptor, receive_limit
 from service.grpc_server.servicers.analogy import AnalogyServicer
 from service.grpc_server.servicers.embedding import EmbeddingServicer
 from service.grpc_server.servicers.index import IndexServicer
 from service.grpc_server.tls import server_credentials
 from service.http_server.server import HttpServer
+from service.observability.calls import CallObserver
 from service.observability.logs import configure_logging
 from service.observability.metrics import MetricsHttpServer, ServerMetrics
 
@@ -56,7 +58,7 @@ class RunningServer:
     metrics_port: int | None = None
     # Port of the HTTP/JSON (Connect) API, when one was asked for.
     http_port: int | None = None
-    # Counts the calls in flight, and refuses new ones once stop() has begun.
+    # Counts the calls in flight over every transport, and refuses new ones once stop() has begun.
     drain: Drain = field(default_factory=Drain)
 
     @property
@@ -67,8 +69,9 @@ class RunningServer:
     def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets in-flight calls finish within grace seconds, then closes the core.
 
-        New calls get UNAVAILABLE from the start; gRPC itself is stopped once the calls in flight
-        have finished (or the grace is over), as its own refusal of calls is CANCELLED.
+        New calls over either transport get UNAVAILABLE from the start; gRPC and HTTP themselves are
+        stopped once the calls in flight have finished (or the grace is over), as gRPC's own refusal
+        of calls is CANCELLED and a stopped HTTP server refuses connections.
         """
         self.health.enter_graceful_shutdown()
         started = time.monotonic()
@@ -89,9 +92,11 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     port). A given encoder is shared, not owned: the caller closes it."""
     # Tokens and certificates are checked before the slow model load, so mistakes show at once.
     metrics = ServerMetrics()
+    drain = Drain()
     # The observer goes first (outermost), so refused calls are logged and counted too.
-    observer = ObservingInterceptor(metrics, settings.max_message_bytes)
-    interceptors: list[grpc.ServerInterceptor] = [observer]
+    interceptors: list[grpc.ServerInterceptor] = [
+        ObservingInterceptor(CallObserver("grpc", metrics.grpc, drain), settings.max_message_bytes)
+    ]
     if settings.tokens_file is not None:
         interceptors.append(AuthInterceptor(load_tokens(settings.tokens_file)))
     credentials = None
@@ -142,7 +147,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         core=core,
         closers=[core.close],
         metrics=metrics,
-        drain=observer.drain,
+        drain=drain,
     )
     if settings.metrics_listen is not None:
         try:
@@ -154,7 +159,9 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         running.closers.insert(0, metrics_server.stop)
     if settings.http_listen is not None:
         try:
-            http_server = HttpServer(calls, settings, settings.http_listen)
+            http_server = HttpServer(
+                calls, settings, settings.http_listen, CallObserver("http", metrics.http, drain)
+            )
         except InvalidSettings:
             running.stop(0)
             raise

@@ -4,6 +4,7 @@ thread (the core blocks), with domain errors answered as Connect errors."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -91,7 +92,9 @@ class ConnectService:
                 request = _blocking(request, loop)
             call_context = HttpCallContext(ctx)
             try:
-                return await loop.run_in_executor(self._executor, handler, request, call_context)
+                # In the call's context, so the worker's log lines carry its request id.
+                run = contextvars.copy_context().run
+                return await loop.run_in_executor(self._executor, run, handler, request, call_context)
             except asyncio.CancelledError:
                 call_context.left.set()  # the worker's work for this caller may be skipped
                 raise

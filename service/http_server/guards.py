@@ -10,16 +10,13 @@ from connectrpc.request import RequestContext
 from service.api.auth import DenialKind, TokenTable, access_denial, protected_methods, required_role
 from service.api.limits import oversized_request
 from service.http_server.calls import connect_error
+from service.http_server.observing import method_path
 
 _DENIAL_CODES = {
     DenialKind.UNAUTHENTICATED: Code.UNAUTHENTICATED,
     DenialKind.PERMISSION_DENIED: Code.PERMISSION_DENIED,
 }
 _BEARER_PREFIX = "bearer "
-
-
-def _method_path(ctx: RequestContext) -> str:
-    return f"/{ctx.method.service_name}/{ctx.method.name}"
 
 
 class BodyLimit:
@@ -46,7 +43,7 @@ class TokenCheck:
         self._required = protected_methods()
 
     async def on_start(self, ctx: RequestContext) -> None:
-        path = _method_path(ctx)
+        path = method_path(ctx)
         required = required_role(path, self._required)
         if required is None:
             return

@@ -24,6 +24,8 @@ from service.config import Settings, parse_host_port
 from service.errors import InvalidSettings
 from service.http_server.calls import ConnectService
 from service.http_server.guards import BodyLimit, TokenCheck
+from service.http_server.observing import DrainCheck, Observing
+from service.observability.calls import CallObserver
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,16 @@ class _Router:
         await application(scope, receive, send)
 
 
-def connect_application(calls: ServiceCalls, settings: Settings, executor: ThreadPoolExecutor) -> _Router:
-    """The three vecserve.v1 services as one ASGI application, with the body limit and token roles."""
-    guards: list[Any] = [BodyLimit(settings.max_message_bytes)]
+def connect_application(
+    calls: ServiceCalls, settings: Settings, executor: ThreadPoolExecutor, observer: CallObserver
+) -> _Router:
+    """The three vecserve.v1 services as one ASGI application: each call observed (outermost, so
+    refused calls are logged and counted too), refused while draining, then the token roles (refusing
+    unknown callers first) and the body limit."""
+    guards: list[Any] = [Observing(observer), DrainCheck(observer.drain)]
     if settings.tokens_file is not None:
-        guards.insert(0, TokenCheck(load_tokens(settings.tokens_file)))  # refuse unknown callers first
+        guards.append(TokenCheck(load_tokens(settings.tokens_file)))
+    guards.append(BodyLimit(settings.max_message_bytes))
     options: dict[str, Any] = {"interceptors": guards, "read_max_bytes": settings.max_message_bytes}
     return _Router(
         [
@@ -81,7 +88,7 @@ def connect_application(calls: ServiceCalls, settings: Settings, executor: Threa
 class HttpServer:
     """uvicorn in a thread of its own on a socket bound here, so the port is known (and taken) at once."""
 
-    def __init__(self, calls: ServiceCalls, settings: Settings, listen: str) -> None:
+    def __init__(self, calls: ServiceCalls, settings: Settings, listen: str, observer: CallObserver) -> None:
         host, port = parse_host_port(listen, "http_listen")
         self._executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="http")
         self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -100,7 +107,7 @@ class HttpServer:
             if settings.tls_client_ca is not None:
                 tls |= {"ssl_ca_certs": str(settings.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
-            connect_application(calls, settings, self._executor),
+            connect_application(calls, settings, self._executor, observer),
             lifespan="off",
             log_config=None,  # the process's logging (service/observability/logs.py) applies
             access_log=False,

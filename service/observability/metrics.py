@@ -1,8 +1,9 @@
 """Prometheus metrics of one server, served over HTTP when a metrics address is configured.
 
 Each server has its own registry (so several servers in one process, as in tests, never share
-counters). Calls are counted by the interceptor in service/grpc_server/interceptors.py; queue depth, cancelled
-encoder jobs and the indexes' sizes are read from the core at scrape time by collectors.
+counters). Calls are counted per transport (service/observability/calls.py, used by both the gRPC and
+the HTTP transport), in families of the same labels and code names; queue depth, cancelled encoder
+jobs and the indexes' sizes are read from the core at scrape time by collectors.
 """
 
 from __future__ import annotations
@@ -53,32 +54,29 @@ class MethodMetrics:
         self._latency.observe(seconds)
 
 
-class ServerMetrics:
-    """The metrics of one server; the interceptor records calls, collectors read the core."""
+class CallMetrics:
+    """The calls of one transport: finished by method and code, their latency, those in flight.
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    gRPC's families keep their names (vecserve_grpc_*); HTTP's are vecserve_http_* with the same labels
+    and the same (gRPC) code names, so dashboards can add the two or tell them apart.
+    """
+
+    def __init__(self, registry: CollectorRegistry, transport: str, calls: str) -> None:
         self.requests = Counter(
-            "vecserve_grpc_requests",
-            "RPCs finished, by service, method and status code.",
+            f"vecserve_{transport}_requests",
+            f"{calls} finished, by service, method and status code.",
             ["service", "method", "code"],
-            registry=self.registry,
+            registry=registry,
         )
         self.latency = Histogram(
-            "vecserve_grpc_request_duration_seconds",
-            "Time from the start of an RPC's handler to its end, by service and method.",
+            f"vecserve_{transport}_request_duration_seconds",
+            f"Time from the start of a call to its end, by service and method ({calls}).",
             ["service", "method"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self.in_flight = Gauge(
-            "vecserve_grpc_requests_in_flight", "RPCs being handled right now.", registry=self.registry
-        )
-        self.batch_texts = Histogram(
-            "vecserve_encoder_batch_texts",
-            "Texts per model call of the dynamic batcher.",
-            buckets=BATCH_TEXT_BUCKETS,
-            registry=self.registry,
+            f"vecserve_{transport}_requests_in_flight", f"{calls} being handled right now.", registry=registry
         )
         self._methods: dict[str, MethodMetrics] = {}
 
@@ -90,6 +88,21 @@ class ServerMetrics:
                 method_path, MethodMetrics(self.requests, self.latency, method_path)
             )
         return found
+
+
+class ServerMetrics:
+    """The metrics of one server: each transport records its calls, collectors read the core."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.grpc = CallMetrics(self.registry, "grpc", "RPCs over gRPC")
+        self.http = CallMetrics(self.registry, "http", "RPCs over HTTP (Connect)")
+        self.batch_texts = Histogram(
+            "vecserve_encoder_batch_texts",
+            "Texts per model call of the dynamic batcher.",
+            buckets=BATCH_TEXT_BUCKETS,
+            registry=self.registry,
+        )
 
     def watch_encoder(self, encoder: Encoder) -> None:
         """Batch sizes as they run; queue depth and cancelled jobs at scrape time."""

@@ -372,7 +372,7 @@ def test_errors_about_huge_inputs_still_reach_the_client(target: FuzzTarget, len
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = caught.value.details()
     assert len(details.encode()) < 2000
-    assert details.startswith("name '名名")
+    assert details.startswith("index_name '名名")
     assert details.endswith("use 1 to 64 letters, digits, '-' or '_'")
 
 

@@ -57,7 +57,7 @@ def filter_query(conditions: Sequence[Condition]) -> tuple[str, list[object]]:
             )
         tests = [condition.equals is not None, condition.any_of is not None, condition.range is not None]
         if sum(tests) != 1:
-            raise InvalidArgument(f"{where} needs exactly one of equals, in or range", field=where)
+            raise InvalidArgument(f"{where} needs exactly one of equals, any_of or range", field=where)
         select = "SELECT faiss_id FROM metadata WHERE key = ? AND "
         if condition.equals is not None:
             kind, value = typed_value(check_metadata_value(condition.equals, f"{where}.equals"))
@@ -67,12 +67,12 @@ def filter_query(conditions: Sequence[Condition]) -> tuple[str, list[object]]:
             values = list(condition.any_of)
             if not values or len(values) > MAX_FILTER_VALUES:
                 raise InvalidArgument(
-                    f"{where}.in needs 1 to {MAX_FILTER_VALUES} values, got {len(values)}",
-                    field=f"{where}.in",
+                    f"{where}.any_of needs 1 to {MAX_FILTER_VALUES} values, got {len(values)}",
+                    field=f"{where}.any_of",
                 )
             by_kind: dict[str, list[object]] = {}
             for value_position, value in enumerate(values):
-                kind, stored = typed_value(check_metadata_value(value, f"{where}.in[{value_position}]"))
+                kind, stored = typed_value(check_metadata_value(value, f"{where}.any_of.values[{value_position}]"))
                 by_kind.setdefault(kind, []).append(stored)
             alternatives = []
             parameters.append(condition.key)

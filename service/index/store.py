@@ -248,7 +248,7 @@ class IndexStore:
         return self._info(index)
 
     def get_index(self, name: str) -> IndexInfo:
-        return self._info(self._get(name, "name"))
+        return self._info(self._get(name))
 
     def list_indexes(self, page_size: int = 0, page_token: str = "") -> tuple[list[IndexInfo], str]:
         """One page of indexes in name order and the token of the next page ("" on the last)."""
@@ -276,7 +276,7 @@ class IndexStore:
         return infos, next_token
 
     def delete_index(self, name: str) -> None:
-        index = self._get(name, "name")
+        index = self._get(name)
         with self._lock:
             if self._indexes.get(name) is not index:
                 raise NotFound(f"index {name!r} does not exist")

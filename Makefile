@@ -13,12 +13,12 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,openvino]'
+	$(PY) -m pip install --quiet -e '.[dev,openvino,distributed]'
 	touch $(STAMP)
 
 # The benchmarks also install the peer vector databases they compare with (the `bench` extra).
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,openvino,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,openvino,distributed,bench]'
 	touch $(BENCH_STAMP)
 
 install: $(STAMP)

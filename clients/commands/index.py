@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import itertools
 import json
 import re
@@ -20,14 +18,13 @@ from vecserve.v1 import index_pb2
 
 from clients.client import make_document, metadata_value, python_value
 from clients.commands.shared import connect, print_json
+from service.common import document_files
+from service.common.document_files import FORMAT_HELP, FORMATS, InputError, ReadOptions, cell_value
 
-FORMATS = ("auto", "jsonl", "csv", "text")
 # Documents per streamed message of `vecserve add`, unless the server accepts fewer.
 DEFAULT_BATCH_SIZE = 256
 METRIC_NAMES = {"cosine": "cosine", "inner_product": "inner_product", "ip": "inner_product", "l2": "l2"}
 KIND_NAMES = ("flat", "hnsw", "ivf_flat", "ivf_pq", "sq8")
-JSONL_KEYS = {"id", "text", "metadata", "vector"}
-_NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
 _FILTER = re.compile(r"(?P<key>[^=<>]+?)\s*(?P<op>>=|<=|>|<|=)\s*(?P<value>.*)", re.DOTALL)
 _RANGE_FIELDS = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
 
@@ -39,10 +36,6 @@ filters (--filter, repeatable, all must hold):
                    numeric range; repeat for both ends: --filter 'year>=2000' --filter 'year<2010'
   double-quote a value to keep it a string: --filter 'zip="02134"' --filter 'name="Smith, J."'
 """
-
-
-class InputError(ValueError):
-    """A problem in an input file, reported with its file and line."""
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -57,20 +50,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "they hold enough vectors (see `index get`), then train and switch.",
     )
     create.add_argument("name", metavar="NAME")
-    create.add_argument("--dimension", type=int, default=0, help="vector dimension (default: the model's)")
-    create.add_argument("--metric", choices=sorted(METRIC_NAMES), default="cosine", help="default: cosine")
-    create.add_argument("--kind", choices=KIND_NAMES, default="flat", help="default: flat (exact)")
-    create.add_argument("--m", type=int, default=0, help="hnsw: neighbours per node (default 32)")
-    create.add_argument(
-        "--ef-construction", type=int, default=0, help="hnsw: build-time breadth (default 80)"
-    )
-    create.add_argument("--ef-search", type=int, default=0, help="hnsw: search-time breadth (default 64)")
-    create.add_argument(
-        "--nlist", type=int, default=0, help="ivf_flat, ivf_pq: inverted lists (default 1024)"
-    )
-    create.add_argument("--nprobe", type=int, default=0, help="ivf_flat, ivf_pq: lists searched (default 16)")
-    create.add_argument("--pq-m", type=int, default=0, help="ivf_pq: sub-quantizers (default dimension/8)")
-    create.add_argument("--nbits", type=int, default=0, help="ivf_pq: bits per code (default 8)")
+    add_index_options(create)
     create.set_defaults(handler=run_create)
 
     listing = actions.add_parser("list", parents=[common], help="list indexes")
@@ -93,20 +73,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="Stream documents into an index in batches, with a progress bar. Each batch is "
         "stored durably as it arrives; re-running is safe, since a document with the same id replaces "
         "the old one.",
-        epilog="""\
-formats (by extension unless --format is given):
-  .jsonl/.ndjson  one object per line: {"id": ..., "text": ..., "metadata": {...}, "vector": [...]}
-                  (text or vector required; the rest optional)
-  .csv            a header row; columns id and text (see --text-column), an optional "metadata"
-                  column holding a JSON object; every other column becomes metadata (numbers and
-                  true/false are converted, empty cells skipped)
-  anything else   plain text, one document per non-blank line
-documents without an id get one derived from their content (a SHA-256 prefix), so re-running
-stores the same documents again instead of duplicating them.""",
+        epilog=FORMAT_HELP,
     )
     add.add_argument("index_name", metavar="INDEX")
     add.add_argument("files", nargs="+", metavar="FILE", type=Path)
-    add.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: by extension)")
     add.add_argument(
         "--batch-size",
         type=int,
@@ -114,8 +84,7 @@ stores the same documents again instead of duplicating them.""",
         help=f"documents per streamed message, at most the server's max_documents_per_request "
         f"(default {DEFAULT_BATCH_SIZE}, or that limit when lower)",
     )
-    add.add_argument("--text-column", default="text", help="CSV column holding the text (default: text)")
-    add.add_argument("--id-column", default="id", help="CSV column holding the id (default: id)")
+    add_reader_options(add)
     add.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     add.set_defaults(handler=run_add)
 
@@ -152,10 +121,55 @@ stores the same documents again instead of duplicating them.""",
     search.set_defaults(handler=run_search)
 
 
+def add_index_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say what index to create (`index create`, `cluster index`)."""
+    parser.add_argument("--dimension", type=int, default=0, help="vector dimension (default: the model's)")
+    parser.add_argument("--metric", choices=sorted(METRIC_NAMES), default="cosine", help="default: cosine")
+    parser.add_argument("--kind", choices=KIND_NAMES, default="flat", help="default: flat (exact)")
+    parser.add_argument("--m", type=int, default=0, help="hnsw: neighbours per node (default 32)")
+    parser.add_argument(
+        "--ef-construction", type=int, default=0, help="hnsw: build-time breadth (default 80)"
+    )
+    parser.add_argument("--ef-search", type=int, default=0, help="hnsw: search-time breadth (default 64)")
+    parser.add_argument(
+        "--nlist", type=int, default=0, help="ivf_flat, ivf_pq: inverted lists (default 1024)"
+    )
+    parser.add_argument("--nprobe", type=int, default=0, help="ivf_flat, ivf_pq: lists searched (default 16)")
+    parser.add_argument("--pq-m", type=int, default=0, help="ivf_pq: sub-quantizers (default dimension/8)")
+    parser.add_argument("--nbits", type=int, default=0, help="ivf_pq: bits per code (default 8)")
+
+
+def add_reader_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say how input files are read (`add`, `cluster index`)."""
+    parser.add_argument(
+        "--format", choices=FORMATS, default="auto", help="input format (default: by extension)"
+    )
+    parser.add_argument("--text-column", default="text", help="CSV column holding the text (default: text)")
+    parser.add_argument("--id-column", default="id", help="CSV column holding the id (default: id)")
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    return ReadOptions(args.format, args.text_column, args.id_column)
+
+
+def create_request(name: str, args: argparse.Namespace) -> index_pb2.CreateIndexRequest:
+    """The CreateIndexRequest the index options describe."""
+    request = index_pb2.CreateIndexRequest(
+        name=name,
+        dimension=args.dimension,
+        metric=index_pb2.Metric.Value("METRIC_" + METRIC_NAMES[args.metric].upper()),
+        kind=index_pb2.IndexKind.Value("INDEX_KIND_" + args.kind.upper()),
+    )
+    params = kind_params(args)
+    if params is not None:
+        getattr(request, args.kind).CopyFrom(params)
+    return request
+
+
 # -- index management -------------------------------------------------------------------------------
 
 
-def _params(args: argparse.Namespace) -> Any:
+def kind_params(args: argparse.Namespace) -> Any:
     if args.kind == "hnsw":
         return index_pb2.HnswParams(m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search)
     if args.kind == "ivf_flat":
@@ -211,7 +225,7 @@ def run_create(args: argparse.Namespace) -> int:
             dimension=args.dimension,
             metric=METRIC_NAMES[args.metric],
             kind=args.kind,
-            params=_params(args),
+            params=kind_params(args),
         )
     if args.json:
         print_json(_index_fields(index))
@@ -272,100 +286,12 @@ def run_delete(args: argparse.Namespace) -> int:
 # -- add --------------------------------------------------------------------------------------------
 
 
-def _format_of(path: Path, requested: str) -> str:
-    if requested != "auto":
-        return requested
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".csv":
-        return "csv"
-    return "text"
-
-
-def _content_id(text: str, vector: list[float] | None) -> str:
-    digest = hashlib.sha256(text.encode())
-    if vector is not None:
-        digest.update(json.dumps(vector).encode())
-    return digest.hexdigest()[:32]
-
-
-def _cell_value(cell: str) -> str | float | bool:
-    if _NUMBER.fullmatch(cell):
-        return float(cell)
-    if cell.lower() in ("true", "false"):
-        return cell.lower() == "true"
-    return cell
-
-
-def _document(record: dict[str, Any], where: str) -> index_pb2.Document:
-    text = record.get("text") or ""
-    vector = record.get("vector")
-    metadata = record.get("metadata") or {}
-    if not isinstance(text, str):
-        raise InputError(f"{where}: text must be a string")
-    if vector is not None and (
-        not isinstance(vector, list) or not all(isinstance(v, int | float) for v in vector)
-    ):
-        raise InputError(f"{where}: vector must be a list of numbers")
-    if not text.strip() and not vector:
-        raise InputError(f"{where}: a document needs a text or a vector")
-    if not isinstance(metadata, dict):
-        raise InputError(f"{where}: metadata must be an object")
-    for key, value in metadata.items():
-        if not isinstance(value, str | int | float | bool):
-            raise InputError(f"{where}: metadata {key!r} must be a string, a number or a boolean")
-    document_id = record.get("id")
-    if document_id is None or document_id == "":
-        document_id = _content_id(text, vector)
-    elif not isinstance(document_id, str | int):
-        raise InputError(f"{where}: id must be a string or an integer")
-    return make_document(id=str(document_id), text=text, metadata=metadata, vector=vector)
-
-
-def read_documents(path: Path, file_format: str, args: argparse.Namespace) -> Iterator[index_pb2.Document]:
+def read_documents(path: Path, options: ReadOptions) -> Iterator[index_pb2.Document]:
     """The documents of one file, in order; InputError names the file and line of a bad record."""
-    with path.open(newline="" if file_format == "csv" else None, encoding="utf-8") as handle:
-        if file_format == "text":
-            for line_number, line in enumerate(handle, 1):
-                if line.strip():
-                    yield _document({"text": line.rstrip("\r\n")}, f"{path}:{line_number}")
-        elif file_format == "jsonl":
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{line_number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(f"{where}: not valid JSON ({error.msg})") from None
-                if not isinstance(record, dict):
-                    raise InputError(f"{where}: each line must be a JSON object")
-                unknown = set(record) - JSONL_KEYS
-                if unknown:
-                    raise InputError(f"{where}: unknown keys {sorted(unknown)}; use {sorted(JSONL_KEYS)}")
-                yield _document(record, where)
-        else:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or args.text_column not in reader.fieldnames:
-                raise InputError(f"{path}: the CSV header has no {args.text_column!r} column")
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                metadata: dict[str, Any] = {}
-                if row.get("metadata"):
-                    try:
-                        metadata.update(json.loads(row["metadata"]))
-                    except (json.JSONDecodeError, TypeError, ValueError):
-                        raise InputError(f"{where}: the metadata column must hold a JSON object") from None
-                for column, cell in row.items():
-                    if column not in (args.text_column, args.id_column, "metadata") and cell:
-                        metadata[column] = _cell_value(cell)
-                record = {
-                    "id": row.get(args.id_column),
-                    "text": row[args.text_column] or "",
-                    "metadata": metadata,
-                }
-                yield _document(record, where)
+    for document in document_files.read_documents(path, options):
+        yield make_document(
+            id=document.id, text=document.text, metadata=document.metadata, vector=document.vector
+        )
 
 
 def _batched(documents: Iterator[index_pb2.Document], size: int) -> Iterator[list[index_pb2.Document]]:
@@ -396,10 +322,10 @@ def run_add(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
         return 2
-    sources = [(path, _format_of(path, args.format)) for path in args.files]
+    options = read_options(args)
     try:
         # A first pass counts (for the progress bar and ETA) and checks every record before sending any.
-        total = sum(1 for path, file_format in sources for _ in read_documents(path, file_format, args))
+        total = sum(1 for path in args.files for _ in read_documents(path, options))
     except (OSError, InputError, UnicodeDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -418,8 +344,8 @@ def run_add(args: argparse.Namespace) -> int:
         ) as progress:
 
             def batches() -> Iterator[list[index_pb2.Document]]:
-                for path, file_format in sources:
-                    for batch in _batched(read_documents(path, file_format, args), batch_size):
+                for path in args.files:
+                    for batch in _batched(read_documents(path, options), batch_size):
                         yield batch
                         progress.update(len(batch))  # the previous batch has been handed to the stream
 
@@ -457,7 +383,7 @@ def _filter_values(raw: str) -> list[str | float | bool]:
         if char == '"':
             in_quotes, quoted = not in_quotes, True
         elif char is None or (char == "," and not in_quotes):
-            values.append("".join(inside) if quoted else _cell_value("".join(outside).strip()))
+            values.append("".join(inside) if quoted else cell_value("".join(outside).strip()))
             inside, outside, quoted = [], [], False
         else:
             (inside if in_quotes else outside).append(char)

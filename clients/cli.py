@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from clients.client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_SECONDS
-from clients.commands import analogy, embedding, health, index, serve
+from clients.commands import analogy, cluster, embedding, health, index, serve
 
 # Each command module exposes register(subparsers, common) and sets args.handler.
-COMMAND_MODULES = [serve, embedding, index, analogy, health]
+COMMAND_MODULES = [serve, embedding, index, analogy, health, cluster]
 
 Handler = Callable[[argparse.Namespace], int]
 

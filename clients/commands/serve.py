@@ -22,6 +22,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument(
         "--data-dir", help="directory of persisted indexes (VECSERVE_DATA_DIR; default indexes)"
     )
+    add_server_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the model and where it runs (`serve`, `cluster index`)."""
     parser.add_argument(
         "--model",
         help="sentence-transformers model directory or name (VECSERVE_MODEL; default: the packaged "
@@ -40,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "once into DATA_DIR/.models and checked against torch at start-up; needs "
         "pip install 'vecserve[openvino]'",
     )
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """Every server setting but the address and the data directory: model, limits, batching, tokens,
+    TLS, metrics and logs (`serve`, `cluster serve`)."""
+    add_model_options(parser)
     parser.add_argument("--max-texts-per-request", type=int, help="VECSERVE_MAX_TEXTS_PER_REQUEST")
     parser.add_argument("--max-text-characters", type=int, help="VECSERVE_MAX_TEXT_CHARACTERS")
     parser.add_argument(
@@ -129,7 +141,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument(
         "--log-format", choices=["text", "json"], help="log lines as text or JSON (VECSERVE_LOG_FORMAT)"
     )
-    parser.set_defaults(handler=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

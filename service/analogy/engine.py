@@ -17,9 +17,11 @@ import threading
 import unicodedata
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
+from service.analogy.relations import cosine, null_offsets, offset_percentiles, related_pairs
 from service.common.limits import check_k
 from service.common.lru import LruCache
 from service.embedding.protocol import TextEncoder
@@ -48,6 +50,14 @@ TEXT_TEMPLATE = "{}"
 MAX_LOOKUP_WORDS = 100_000
 # The request field that names an index serving as the vocabulary, for the errors about it.
 VOCABULARY_INDEX_FIELD = "index_name"
+# The request field that names an index of word vectors serving as the whole space.
+SPACE_FIELD = "space"
+# FindRelatedPairs' bound: first words c taken from the vocabulary's first (most frequent) words, and
+# second words d among each c's nearest neighbours.
+DEFAULT_FIRST_WORD_COUNT = 1000
+MAX_FIRST_WORD_COUNT = 10_000
+DEFAULT_NEIGHBOUR_COUNT = 50
+MAX_NEIGHBOUR_COUNT = 1000
 # Word vectors kept for reuse (about 1.5 KiB each with 384 dimensions): queries repeat words a lot.
 WORD_CACHE_ENTRIES = 20_000
 
@@ -109,12 +119,34 @@ class RelationComparison:
     second: str
     offset_similarity: float  # cosine of (second - first) and the reference offset
     pair_similarity: float  # cosine of first and second
+    # Share of random vocabulary pairs whose offset is less like the reference's, in percent (0 to 100).
+    offset_percentile: float
+    # Position of second among the answers to reference.first : reference.second :: first : ?
+    # (1 = the top answer); 0 when second is one of those three words, which are never answers.
+    answer_rank: int
+    answer_in_vocabulary: bool  # whether second is a vocabulary word (else ranked as if appended last)
 
 
 @dataclass(frozen=True)
 class RelationReport:
     reference_pair_similarity: float
     comparisons: list[RelationComparison]
+    null_pair_count: int  # random vocabulary pairs behind the percentiles
+    vocabulary_word_count: int
+
+
+@dataclass(frozen=True)
+class RelatedPair:
+    first: str
+    second: str
+    offset_similarity: float  # cosine of (second - first) and the reference offset
+    pair_similarity: float  # cosine of first and second
+
+
+@dataclass(frozen=True)
+class RelatedPairsReport:
+    pairs: list[RelatedPair]  # best first
+    compared_pair_count: int  # candidate pairs (c, d) scored within the bound
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,7 @@ class VocabularyDescription:
     word_count: int
     contains: list[bool]  # one per looked-up word
     word_template: str  # how query words are written for the encoder (Vocabulary.template)
+    vectors: np.ndarray | None = None  # per looked-up word, its vector in the vocabulary's space
 
 
 def normalize_word(text: str) -> str:
@@ -145,7 +178,11 @@ class Vocabulary:
     step of "all-but-the-top" post-processing (Mu & Viswanath 2018). Measured with the default
     model, it leaves analogy accuracy within 0.1 point (removing top principal components as well
     lowered it) and lifts word-pair correlations a little (WordSim353 0.743 against 0.729), so
-    nearest words are ranked in the centered space. Query vectors go through the same `project`.
+    nearest words and relations are computed in the centered space. Query vectors go through the
+    same `project`.
+
+    A vocabulary with a `space` name is a word-vector space (an index of imported word vectors):
+    its query words are looked up among its own words, never embedded, and nothing is centered.
     """
 
     words: list[str]
@@ -155,6 +192,8 @@ class Vocabulary:
     positions: dict[str, list[int]] = field(repr=False)  # normalized word -> rows
     # ln(1 + row) when the words are in order of frequency, most frequent first; else None.
     log_ranks: np.ndarray | None = field(default=None, repr=False)
+    # Name of the word-vector space (index) these words come from; "" when query words are embedded.
+    space: str = ""
 
     @classmethod
     def from_vectors(
@@ -164,6 +203,7 @@ class Vocabulary:
         template: str = WORD_TEMPLATE,
         center: bool = True,
         frequency_ordered: bool = False,
+        space: str = "",
     ) -> Vocabulary:
         """Builds a vocabulary from raw (any length) vectors; centers it when it is large enough."""
         words = list(words)
@@ -176,7 +216,13 @@ class Vocabulary:
             positions.setdefault(normalize_word(word), []).append(row)
         log_ranks = np.log(np.arange(1, len(words) + 1, dtype=np.float32)) if frequency_ordered else None
         vocabulary = cls(
-            words=words, vectors=unit, mean=mean, template=template, positions=positions, log_ranks=log_ranks
+            words=words,
+            vectors=unit,
+            mean=mean,
+            template=template,
+            positions=positions,
+            log_ranks=log_ranks,
+            space=space,
         )
         if mean is not None:
             object.__setattr__(vocabulary, "vectors", vocabulary.project(unit))
@@ -198,6 +244,19 @@ class Vocabulary:
 
     def contains(self, word: str) -> bool:
         return normalize_word(word) in self.positions
+
+    def first_row(self, normalized_word: str) -> int | None:
+        """The first (most frequent, in a frequency-ordered file) row of a normalized word, if any:
+        as gensim's case-insensitive evaluation takes the first of a word's case variants."""
+        rows = self.positions.get(normalized_word)
+        return rows[0] if rows else None
+
+    @cached_property
+    def null_offsets(self) -> np.ndarray:
+        """Unit offsets of random pairs of this vocabulary's words (fixed seed, see
+        service.analogy.relations): the baseline a relation's offset similarity is judged against.
+        Computed on first use and kept as long as the vocabulary is."""
+        return null_offsets(self.vectors)
 
 
 def combine_scores(
@@ -328,13 +387,35 @@ def score_similarities(
     them back), so that many words cannot underflow them. Evaluations that score many questions over
     the same words compute the cosines once and call this directly.
     """
-    adjustment = np.zeros(len(vocabulary), dtype=np.float32)
+    return score_columns(
+        vocabulary.log_ranks,
+        positive_similarities,
+        negative_similarities,
+        positive_vectors,
+        negative_vectors,
+        method,
+        scoring,
+    )
+
+
+def score_columns(
+    log_ranks: np.ndarray | None,
+    positive_similarities: np.ndarray,
+    negative_similarities: np.ndarray,
+    positive_vectors: np.ndarray,
+    negative_vectors: np.ndarray,
+    method: AnalogyMethod,
+    scoring: AnalogyScoring = TEXTBOOK_SCORING,
+) -> np.ndarray:
+    """score_similarities for any candidate columns, given their ln(frequency rank) (None: unranked),
+    so that a word outside the vocabulary can be scored as if it were one of its words."""
+    adjustment = np.zeros(positive_similarities.shape[1], dtype=np.float32)
     if scoring.direction_weight:
         adjustment += scoring.direction_weight * direction_agreement(
             positive_similarities, negative_similarities, positive_vectors, negative_vectors
         )
-    if scoring.frequency_penalty and vocabulary.log_ranks is not None:
-        adjustment -= scoring.frequency_penalty * vocabulary.log_ranks
+    if scoring.frequency_penalty and log_ranks is not None:
+        adjustment -= scoring.frequency_penalty * log_ranks
     if method is AnalogyMethod.COSMUL:
         log_scores = cosmul_log_scores(positive_similarities, negative_similarities, scoring.negative_weight)
         return log_scores + adjustment
@@ -354,27 +435,38 @@ def reported_score(ranking_score: float, method: AnalogyMethod) -> float:
     return math.exp(ranking_score) if method is AnalogyMethod.COSMUL else ranking_score
 
 
-def relation_report(
-    reference: tuple[np.ndarray, np.ndarray], candidates: Sequence[tuple[np.ndarray, np.ndarray]]
-) -> tuple[float, list[tuple[float, float]]]:
-    """For unit vectors: the reference pair's cosine and, per candidate, (offset cosine, pair cosine)."""
+def answer_rank(scores: np.ndarray, excluded_rows: Sequence[int], answer_rows: Sequence[int]) -> int:
+    """Position (1 = best) that the best of answer_rows takes in top_k's order of scores; 0 when
+    every one of them is excluded."""
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    scores[list(excluded_rows)] = -np.inf
+    candidates = [row for row in answer_rows if np.isfinite(scores[row])]
+    if not candidates:
+        return 0
+    best = min(candidates, key=lambda row: (-scores[row], row))
+    ahead = (scores > scores[best]).sum() + (scores[:best] == scores[best]).sum()
+    return int(ahead) + 1
 
-    def cosine(left: np.ndarray, right: np.ndarray) -> float:
-        norms = float(np.linalg.norm(left) * np.linalg.norm(right))
-        return float(np.dot(left, right) / norms) if norms > 0 else 0.0
 
-    reference_offset = reference[1] - reference[0]
-    return cosine(*reference), [
-        (cosine(second - first, reference_offset), cosine(first, second)) for first, second in candidates
-    ]
+def outside_rank(scores: np.ndarray, excluded_rows: Sequence[int], score: float) -> int:
+    """Position that a word scoring `score` takes among the vocabulary's scores if it were appended
+    as their last row (so equal scores rank ahead of it)."""
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    scores[list(excluded_rows)] = -np.inf
+    return int((scores >= score).sum()) + 1
 
 
 class AnalogyEngine:
-    """Analogies, relation comparisons and similar words; safe to call from many threads.
+    """Analogies, relation comparisons, relation search and similar words; safe to call from many threads.
 
     default_vocabulary provides the built-in vocabulary (see service.analogy.vocabulary), waiting while
-    it is built; index_vocabulary, when given, turns a user's index into a vocabulary. With
-    index_generation too, such a vocabulary is built once and reused until the index changes.
+    it is built; index_vocabulary, when given, turns a user's index into a vocabulary (its texts
+    embedded by the model) or into a word-vector space (its words and stored vectors, nothing
+    embedded). With index_generation too, either is built once and reused until the index changes.
+
+    Every operation works in one vocabulary's space: the built-in one, an index's (`index_name`) or
+    a word-vector space (`space`). In a space the scores are the textbook (gensim) formulas: the
+    default adjustments were tuned for the model's embeddings, not for other vectors.
     """
 
     def __init__(
@@ -391,8 +483,8 @@ class AnalogyEngine:
         self._default_vocabulary = default_vocabulary
         self._index_vocabulary = index_vocabulary
         self._index_generation = index_generation
-        # Index name -> (its generation, its vocabulary).
-        self._index_vocabularies: LruCache[str, tuple[Hashable, Vocabulary]] = LruCache(
+        # (index name, whether it serves as a space) -> (its generation, its vocabulary).
+        self._index_vocabularies: LruCache[tuple[str, bool], tuple[Hashable, Vocabulary]] = LruCache(
             MAX_CACHED_INDEX_VOCABULARIES
         )
         self._max_words = max_words_per_request
@@ -409,9 +501,13 @@ class AnalogyEngine:
         allow_empty_list: bool = False,
         names: Sequence[str] | None = None,
         max_words: int | None = None,
+        embedded: bool = True,
     ) -> list[str]:
-        """Normalized words, or InvalidArgument naming the first bad one (names: per-word field names)."""
-        names = names or [f"{field_name}[{position}]" for position in range(len(words))]
+        """Normalized words, or InvalidArgument naming the first bad one (names: per-word field names).
+
+        Words to be embedded must have a token the model knows; words looked up in a space need not.
+        """
+        names = names or field_names(field_name, len(words))
         limit = max_words or self._max_words
         if not words and not allow_empty_list:
             raise InvalidArgument(f"{field_name} is empty: give at least one word", field_name)
@@ -430,6 +526,8 @@ class AnalogyEngine:
             if not form:
                 raise InvalidArgument(f"{where} is empty or only whitespace: give a word or phrase", where)
             normalized.append(form)
+        if not embedded:
+            return normalized
         with self._cache_lock:
             # A cached word was checked when it was first embedded.
             unchecked = [
@@ -451,31 +549,53 @@ class AnalogyEngine:
                     )
         return normalized
 
-    def _vocabulary(self, vocabulary_index: str, timeout: float | None) -> Vocabulary:
-        if not vocabulary_index:
-            return self._default_vocabulary(timeout)
-        check_name(vocabulary_index, VOCABULARY_INDEX_FIELD)
+    def _vocabulary(self, vocabulary_index: str, space: str, timeout: float | None) -> Vocabulary:
+        if vocabulary_index and space:
+            raise InvalidArgument(
+                f"give either {VOCABULARY_INDEX_FIELD} (an index of the model's embeddings, its texts the "
+                f"candidate words) or {SPACE_FIELD} (an index of word vectors, the whole space), not both",
+                SPACE_FIELD,
+            )
+        if space:
+            return self._index_backed(space, as_space=True)
+        if vocabulary_index:
+            return self._index_backed(vocabulary_index, as_space=False)
+        return self._default_vocabulary(timeout)
+
+    def _index_backed(self, name: str, as_space: bool) -> Vocabulary:
+        """The vocabulary (or, as_space, the word-vector space) of an index, cached until it changes."""
+        field_name = SPACE_FIELD if as_space else VOCABULARY_INDEX_FIELD
+        check_name(name, field_name)
         if self._index_vocabulary is None:
-            raise NotFound(f"index {vocabulary_index!r} not found: this server has no index store")
+            raise NotFound(f"index {name!r} not found: this server has no index store")
         # Read before the contents: a write in between makes the entry stale, never wrongly fresh.
-        generation = self._index_generation(vocabulary_index) if self._index_generation else None
+        generation = self._index_generation(name) if self._index_generation else None
         with self._cache_lock:
-            cached = self._index_vocabularies.get(vocabulary_index)
+            cached = self._index_vocabularies.get((name, as_space))
             if cached is not None and generation is not None and cached[0] == generation:
                 return cached[1]
-        texts, vectors = self._index_vocabulary(vocabulary_index)
+        texts, vectors = self._index_vocabulary(name)
         if not texts:
             raise InvalidArgument(
-                f"index {vocabulary_index!r} has no document with text, so no words to serve as a "
-                "vocabulary: a vocabulary's words are its documents' texts, and documents stored as "
-                "vectors alone cannot be looked up by word",
-                VOCABULARY_INDEX_FIELD,
+                f"index {name!r} has no document with text, so no words to serve as a "
+                f"{'space' if as_space else 'vocabulary'}: a vocabulary's words are its documents' texts, "
+                "and documents stored as vectors alone cannot be looked up by word",
+                field_name,
             )
-        vocabulary = Vocabulary.from_vectors(texts, vectors, template=TEXT_TEMPLATE)
+        if as_space:
+            # The vectors as they are: like gensim's, whose analogies the space is compared with.
+            vocabulary = Vocabulary.from_vectors(
+                texts, vectors, template=TEXT_TEMPLATE, center=False, space=name
+            )
+        else:
+            vocabulary = Vocabulary.from_vectors(texts, vectors, template=TEXT_TEMPLATE)
         if generation is not None:
             with self._cache_lock:
-                self._index_vocabularies.put(vocabulary_index, (generation, vocabulary))
+                self._index_vocabularies.put((name, as_space), (generation, vocabulary))
         return vocabulary
+
+    def _scoring_in(self, vocabulary: Vocabulary) -> AnalogyScoring:
+        return TEXTBOOK_SCORING if vocabulary.space else self._scoring
 
     def _embed(self, normalized_words: Sequence[str], template: str = WORD_TEMPLATE) -> np.ndarray:
         """Encoder vectors of checked, normalized words written with template (each embedded once)."""
@@ -495,14 +615,24 @@ class AnalogyEngine:
         return np.stack([found[word] for word in normalized_words])
 
     def _query_vectors(
-        self, vocabulary: Vocabulary, normalized_words: Sequence[str], index: str
+        self, vocabulary: Vocabulary, normalized_words: Sequence[str], names: Sequence[str], index: str
     ) -> np.ndarray:
-        """Query words embedded as the vocabulary was and projected into its space."""
+        """Query words in the vocabulary's space (unit rows): looked up in a word-vector space (NOT_FOUND
+        naming the first missing word), else embedded as the vocabulary was and projected into it."""
+        if vocabulary.space:
+            rows = []
+            for word, where in zip(normalized_words, names, strict=True):
+                row = vocabulary.first_row(word)
+                if row is None:
+                    raise NotFound(f"{where} {word!r} is not a word of space {vocabulary.space!r}")
+                rows.append(row)
+            return vocabulary.vectors[rows]
         vectors = self._embed(normalized_words, vocabulary.template)
         if vectors.shape[1] != vocabulary.vectors.shape[1]:
             raise FailedPrecondition(
                 f"index {index!r} holds {vocabulary.vectors.shape[1]}-dimensional vectors, not the model's "
-                f"{vectors.shape[1]}: only an index of the model's own embeddings can serve as a vocabulary"
+                f"{vectors.shape[1]}: only an index of the model's own embeddings can serve as a vocabulary "
+                f"(give an index of other word vectors as {SPACE_FIELD})"
             )
         return vocabulary.project(vectors)
 
@@ -516,33 +646,47 @@ class AnalogyEngine:
         k: int = 0,
         vocabulary_index: str = "",
         timeout: float | None = None,
+        space: str = "",
     ) -> list[ScoredWord]:
         """Vocabulary words near the positives and far from the negatives, best first.
 
         For a:b :: c:?, positive=[b, c] and negative=[a]. The query words are never answers.
         """
         k = check_k(k)
-        positive_words = self._check_words(positive, "positive")
-        negative_words = self._check_words(negative, "negative", allow_empty_list=True)
-        vocabulary = self._vocabulary(vocabulary_index, timeout)
-        vectors = self._query_vectors(vocabulary, [*positive_words, *negative_words], vocabulary_index)
+        positive_words = self._check_words(positive, "positive", embedded=not space)
+        negative_words = self._check_words(negative, "negative", allow_empty_list=True, embedded=not space)
+        vocabulary = self._vocabulary(vocabulary_index, space, timeout)
+        names = [*field_names("positive", len(positive)), *field_names("negative", len(negative))]
+        query_words = [*positive_words, *negative_words]
+        vectors = self._query_vectors(vocabulary, query_words, names, vocabulary_index)
         scores = score_analogy(
-            vocabulary, vectors[: len(positive_words)], vectors[len(positive_words) :], method, self._scoring
+            vocabulary,
+            vectors[: len(positive_words)],
+            vectors[len(positive_words) :],
+            method,
+            self._scoring_in(vocabulary),
         )
-        excluded = vocabulary.rows_of([*positive_words, *negative_words])
         return [
             ScoredWord(vocabulary.words[row], reported_score(score, method), score)
-            for row, score in top_k(scores, k, excluded)
+            for row, score in top_k(scores, k, vocabulary.rows_of(query_words))
         ]
 
     def find_similar_words(
-        self, queries: Sequence[str], k: int = 0, vocabulary_index: str = "", timeout: float | None = None
+        self,
+        queries: Sequence[str],
+        k: int = 0,
+        vocabulary_index: str = "",
+        timeout: float | None = None,
+        space: str = "",
     ) -> list[list[ScoredWord]]:
         """For each word or phrase, the k nearest vocabulary words by cosine, leaving out the query."""
         k = check_k(k)
-        normalized = self._check_words(queries, "queries")
-        vocabulary = self._vocabulary(vocabulary_index, timeout)
-        similarities = self._query_vectors(vocabulary, normalized, vocabulary_index) @ vocabulary.vectors.T
+        normalized = self._check_words(queries, "queries", embedded=not space)
+        vocabulary = self._vocabulary(vocabulary_index, space, timeout)
+        vectors = self._query_vectors(
+            vocabulary, normalized, field_names("queries", len(queries)), vocabulary_index
+        )
+        similarities = vectors @ vocabulary.vectors.T
         return [
             [
                 ScoredWord(vocabulary.words[row], score, score)
@@ -552,12 +696,19 @@ class AnalogyEngine:
         ]
 
     def compare_relations(
-        self, reference: tuple[str, str], candidates: Sequence[tuple[str, str]]
+        self,
+        reference: tuple[str, str],
+        candidates: Sequence[tuple[str, str]],
+        method: AnalogyMethod = DEFAULT_METHOD,
+        vocabulary_index: str = "",
+        timeout: float | None = None,
+        space: str = "",
     ) -> RelationReport:
-        """How alike each candidate relation (c -> d) is to the reference (a -> b).
+        """How alike each candidate relation (c -> d) is to the reference (a -> b), and how significant.
 
-        Offsets and pair cosines are taken between the words' own vectors (as the vocabulary embeds
-        them, without centering), so no vocabulary is needed.
+        Offsets and cosines are taken in the vocabulary's space (where SolveAnalogy ranks). Per
+        candidate: the percentile of its offset similarity among random vocabulary pairs' (see
+        Vocabulary.null_offsets), and the rank of d among the answers to a : b :: c : ?.
         """
         if not candidates:
             raise InvalidArgument("candidates is empty: give at least one pair to compare", "candidates")
@@ -566,41 +717,218 @@ class AnalogyEngine:
                 f"candidates has {len(candidates)} pairs, more than the limit of {self._max_words}",
                 "candidates",
             )
-        reference_words = self._check_words(
-            reference, "reference", names=["reference.first", "reference.second"]
-        )
+        reference_names = ["reference.first", "reference.second"]
+        reference_words = self._check_words(reference, "reference", names=reference_names, embedded=not space)
         names = [f"candidates[{i}].{part}" for i in range(len(candidates)) for part in ("first", "second")]
         candidate_words = self._check_words(
             [word for pair in candidates for word in pair],
             "candidates",
             names=names,
             max_words=2 * self._max_words,
+            embedded=not space,
         )
-        vectors = self._embed([*reference_words, *candidate_words])
-        pairs = [(vectors[2 + 2 * i], vectors[3 + 2 * i]) for i in range(len(candidates))]
-        reference_similarity, results = relation_report((vectors[0], vectors[1]), pairs)
+        vocabulary = self._vocabulary(vocabulary_index, space, timeout)
+        vectors = self._query_vectors(
+            vocabulary, [*reference_words, *candidate_words], [*reference_names, *names], vocabulary_index
+        )
+        first, second = vectors[0], vectors[1]
+        firsts, seconds = vectors[2::2], vectors[3::2]
+        reference_offset = second.astype(np.float64) - first
+        offset_similarities = [cosine(d - c, reference_offset) for c, d in zip(firsts, seconds, strict=True)]
+        percentiles = offset_percentiles(vocabulary.null_offsets, reference_offset, offset_similarities)
+        ranks = self._answer_ranks(vocabulary, reference_words, candidate_words, vectors, method)
         return RelationReport(
-            reference_pair_similarity=reference_similarity,
+            reference_pair_similarity=cosine(first, second),
             comparisons=[
-                RelationComparison(first, second, offset_similarity, pair_similarity)
-                for (first, second), (offset_similarity, pair_similarity) in zip(
-                    candidates, results, strict=True
+                RelationComparison(
+                    first=pair[0],
+                    second=pair[1],
+                    offset_similarity=offset_similarities[i],
+                    pair_similarity=cosine(firsts[i], seconds[i]),
+                    offset_percentile=percentiles[i],
+                    answer_rank=ranks[i][0],
+                    answer_in_vocabulary=ranks[i][1],
                 )
+                for i, pair in enumerate(candidates)
             ],
+            null_pair_count=len(vocabulary.null_offsets),
+            vocabulary_word_count=len(vocabulary),
+        )
+
+    def _answer_ranks(
+        self,
+        vocabulary: Vocabulary,
+        reference_words: Sequence[str],
+        candidate_words: Sequence[str],
+        vectors: np.ndarray,
+        method: AnalogyMethod,
+    ) -> list[tuple[int, bool]]:
+        """Per candidate (c, d): d's rank among the answers to a : b :: c : ? (as SolveAnalogy ranks
+        them), and whether d is a vocabulary word."""
+        scoring = self._scoring_in(vocabulary)
+        first, second = reference_words
+        # Cosines of a, b and every c to all words at once; then each question is scored alone.
+        similarities = vectors @ vocabulary.vectors.T
+        outside_log_rank = None if vocabulary.log_ranks is None else np.log([len(vocabulary) + 1.0])
+        ranks = []
+        for i in range(len(candidate_words) // 2):
+            third, answer = candidate_words[2 * i], candidate_words[2 * i + 1]
+            positive, negative = [1, 2 + 2 * i], [0]
+            excluded = vocabulary.rows_of([first, second, third])
+            answer_rows = vocabulary.rows_of([answer])
+            if answer in (first, second, third):
+                ranks.append((0, bool(answer_rows)))
+                continue
+            scores = score_similarities(
+                vocabulary,
+                similarities[positive],
+                similarities[negative],
+                vectors[positive],
+                vectors[negative],
+                method,
+                scoring,
+            )
+            if answer_rows:
+                ranks.append((answer_rank(scores, excluded, answer_rows), True))
+                continue
+            # Not a vocabulary word: scored from its own vector, as if it were the last word.
+            answer_vector = vectors[3 + 2 * i]
+            answer_similarities = vectors[[*positive, *negative]] @ answer_vector
+            [outside] = score_columns(
+                outside_log_rank,
+                answer_similarities[:2, None],
+                answer_similarities[2:, None],
+                vectors[positive],
+                vectors[negative],
+                method,
+                scoring,
+            )
+            ranks.append((outside_rank(scores, excluded, float(outside)), False))
+        return ranks
+
+    def find_related_pairs(
+        self,
+        reference: tuple[str, str],
+        k: int = 0,
+        first_words: Sequence[str] = (),
+        first_word_count: int = 0,
+        neighbour_count: int = 0,
+        vocabulary_index: str = "",
+        timeout: float | None = None,
+        space: str = "",
+    ) -> RelatedPairsReport:
+        """The k pairs (c, d) whose offset d - c is most like b - a, for reference (a, b).
+
+        Bounded: c is one of first_words, or else of the vocabulary's first first_word_count words
+        (default 1000; the most frequent ones in a frequency-ordered vocabulary), and d one of c's
+        neighbour_count nearest vocabulary words (default 50). Pairs with a or b in them are left out.
+        """
+        k = check_k(k)
+        first_word_count = _check_count(
+            first_word_count, DEFAULT_FIRST_WORD_COUNT, MAX_FIRST_WORD_COUNT, "first_word_count"
+        )
+        neighbour_count = _check_count(
+            neighbour_count, DEFAULT_NEIGHBOUR_COUNT, MAX_NEIGHBOUR_COUNT, "neighbour_count"
+        )
+        if first_words and first_word_count != DEFAULT_FIRST_WORD_COUNT:
+            raise InvalidArgument("give either first_words or first_word_count, not both", "first_word_count")
+        reference_names = ["reference.first", "reference.second"]
+        reference_words = self._check_words(reference, "reference", names=reference_names, embedded=not space)
+        chosen = self._check_words(first_words, "first_words", allow_empty_list=True, embedded=not space)
+        vocabulary = self._vocabulary(vocabulary_index, space, timeout)
+        reference_vectors = self._query_vectors(
+            vocabulary, reference_words, reference_names, vocabulary_index
+        )
+        reference_rows = vocabulary.rows_of(reference_words)
+        if chosen:
+            chosen = [word for word in dict.fromkeys(chosen) if word not in reference_words]
+            first_vectors = (
+                self._query_vectors(
+                    vocabulary, chosen, field_names("first_words", len(chosen)), vocabulary_index
+                )
+                if chosen
+                else np.zeros((0, vocabulary.vectors.shape[1]), np.float32)
+            )
+            first_labels = chosen
+        else:
+            excluded = set(reference_rows)
+            rows = [row for row in range(min(first_word_count, len(vocabulary))) if row not in excluded]
+            first_vectors = vocabulary.vectors[rows]
+            first_labels = [vocabulary.words[row] for row in rows]
+        excluded_seconds = [
+            sorted({*reference_rows, *vocabulary.rows_of([normalize_word(word)])}) for word in first_labels
+        ]
+        matches, compared = related_pairs(
+            vocabulary.vectors,
+            first_vectors,
+            excluded_seconds,
+            reference_vectors[1].astype(np.float64) - reference_vectors[0],
+            neighbour_count,
+            k,
+        )
+        return RelatedPairsReport(
+            pairs=[
+                RelatedPair(
+                    first_labels[match.first_position],
+                    vocabulary.words[match.second_row],
+                    match.offset_similarity,
+                    match.pair_similarity,
+                )
+                for match in matches
+            ],
+            compared_pair_count=compared,
         )
 
     def describe_vocabulary(
-        self, words: Sequence[str], vocabulary_index: str = "", timeout: float | None = None
+        self,
+        words: Sequence[str],
+        vocabulary_index: str = "",
+        timeout: float | None = None,
+        space: str = "",
+        include_vectors: bool = False,
     ) -> VocabularyDescription:
         """The vocabulary's size, for each word whether it holds it (compared normalized), and how it
-        writes query words for the encoder."""
-        if len(words) > MAX_LOOKUP_WORDS:
+        writes query words for the encoder; with include_vectors, each word's vector in its space."""
+        limit = self._max_words if include_vectors else MAX_LOOKUP_WORDS
+        if len(words) > limit:
             raise InvalidArgument(
-                f"words has {len(words)} entries, more than the limit of {MAX_LOOKUP_WORDS}", "words"
+                f"words has {len(words)} entries, more than the limit of {limit}"
+                + (" when vectors are included" if include_vectors else ""),
+                "words",
             )
-        vocabulary = self._vocabulary(vocabulary_index, timeout)
+        normalized = (
+            self._check_words(words, "words", allow_empty_list=True, embedded=not space)
+            if include_vectors
+            else []
+        )
+        vocabulary = self._vocabulary(vocabulary_index, space, timeout)
+        vectors = None
+        if include_vectors:
+            vectors = (
+                self._query_vectors(
+                    vocabulary, normalized, field_names("words", len(words)), vocabulary_index
+                )
+                if normalized
+                else np.zeros((0, vocabulary.vectors.shape[1]), np.float32)
+            )
         return VocabularyDescription(
             word_count=len(vocabulary),
             contains=[vocabulary.contains(word) for word in words],
             word_template=vocabulary.template,
+            vectors=vectors,
         )
+
+
+def field_names(field_name: str, count: int) -> list[str]:
+    """The names of a repeated field's entries, as errors cite them: positive[0], positive[1], ..."""
+    return [f"{field_name}[{position}]" for position in range(count)]
+
+
+def _check_count(value: int, default: int, limit: int, field_name: str) -> int:
+    if value == 0:
+        return default
+    if not 1 <= value <= limit:
+        raise InvalidArgument(
+            f"{field_name} must be between 1 and {limit} (0 for {default}), got {value}", field_name
+        )
+    return value

@@ -8,7 +8,7 @@ PROTOS := $(wildcard proto/vecserve/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test test-quick lint proto proto-check buf-lint bench bench-quick clean
+.PHONY: install browser run test test-quick lint proto proto-check buf-lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,24 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/vecserve serve --http-listen 127.0.0.1:8080
 
-test: $(STAMP)
+# The web page's tests drive Debian's chromium and chromium-driver: installed with apt-get when missing
+# (as root, or through sudo). Without apt-get those tests are skipped, saying why.
+browser:
+	@command -v chromium >/dev/null && test -x /usr/bin/chromedriver || { \
+		if ! command -v apt-get >/dev/null; then \
+			echo "no chromium and no apt-get here: the browser tests will be skipped"; \
+		elif [ "$$(id -u)" = 0 ]; then \
+			apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; \
+		elif command -v sudo >/dev/null; then \
+			sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium chromium-driver; \
+		else \
+			echo "chromium is missing: run 'apt-get install chromium chromium-driver' as root" >&2; exit 1; \
+		fi; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
-test-quick: $(STAMP)
+test-quick: $(STAMP) browser
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)

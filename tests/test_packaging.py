@@ -1,4 +1,4 @@
-"""The built wheel carries every package (an editable install would hide a missing one)."""
+"""The built wheel carries every package and the web page (an editable install would hide a missing one)."""
 
 from __future__ import annotations
 
@@ -38,5 +38,7 @@ def test_wheel_contains_every_package_and_the_protos(tmp_path: Path) -> None:
     missing = [name for name in expected if name not in names]
     assert not missing, f"packages missing from the wheel: {missing}"
     assert {"vecserve/v1/embedding.proto", "vecserve/v1/embedding_pb2.py"} <= names
+    page = {str(path.relative_to(ROOT)) for path in (ROOT / "service/http_server/static").iterdir()}
+    assert page <= names, f"web page files missing from the wheel: {sorted(page - names)}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "vecserve = clients.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

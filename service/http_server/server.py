@@ -7,7 +7,6 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,13 +24,10 @@ from service.errors import InvalidSettings
 from service.http_server.calls import ConnectService
 from service.http_server.guards import BodyLimit, TokenCheck
 from service.http_server.observing import DrainCheck, Observing
+from service.http_server.page import Page, Receive, Scope, Send
 from service.observability.calls import CallObserver
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 def _rpc_names(file_descriptor: Any, service: str) -> list[str]:
@@ -39,13 +35,19 @@ def _rpc_names(file_descriptor: Any, service: str) -> list[str]:
 
 
 class _Router:
-    """Sends each request to the Connect application of its service ("/vecserve.v1.X/Method")."""
+    """Sends each request to the Connect application of its service ("/vecserve.v1.X/Method"), or to
+    the web page for its paths."""
 
-    def __init__(self, applications: list[ConnectASGIApplication[Any]]) -> None:
+    def __init__(self, applications: list[ConnectASGIApplication[Any]], page: Page) -> None:
         self._by_path = {application.path: application for application in applications}
+        self._page = page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        service_path = "/" + scope.get("path", "").lstrip("/").split("/", 1)[0]
+        path = scope.get("path", "")
+        if self._page.serves(path):
+            await self._page(scope, receive, send)
+            return
+        service_path = "/" + path.lstrip("/").split("/", 1)[0]
         application = self._by_path.get(service_path)
         if application is None:
             await send({"type": "http.response.start", "status": 404, "headers": []})
@@ -57,9 +59,9 @@ class _Router:
 def connect_application(
     calls: ServiceCalls, settings: Settings, executor: ThreadPoolExecutor, observer: CallObserver
 ) -> _Router:
-    """The three vecserve.v1 services as one ASGI application: each call observed (outermost, so
-    refused calls are logged and counted too), refused while draining, then the token roles (refusing
-    unknown callers first) and the body limit."""
+    """The three vecserve.v1 services and the web page as one ASGI application. Each call is observed
+    (outermost, so refused calls are logged and counted too), refused while draining, then checked
+    against the token roles (refusing unknown callers first) and the body limit."""
     guards: list[Any] = [Observing(observer), DrainCheck(observer.drain)]
     if settings.tokens_file is not None:
         guards.append(TokenCheck(load_tokens(settings.tokens_file)))
@@ -81,7 +83,8 @@ def connect_application(
                 ConnectService(calls.analogy, _rpc_names(analogy_pb2.DESCRIPTOR, "AnalogyService"), executor),  # type: ignore[arg-type]
                 **options,
             ),
-        ]
+        ],
+        Page(),
     )
 
 

@@ -136,7 +136,7 @@ def bench_size(
                     print_analogy_report(report)
                 summary.append((size, method, total["accuracy"]))
             for name, pairs in similarity_sets.items():
-                correlation = evaluate_similarity(client, pairs)
+                correlation, _ = evaluate_similarity(client, pairs)
                 print(f"similarity {name}: Spearman {correlation:.4f} ({len(pairs)} pairs)")
             median, p95 = latency_ms(lambda: client.solve_analogy(["king", "woman"], ["man"], k=10))
             print(f"latency of one analogy through gRPC: median {median:.1f} ms, p95 {p95:.1f} ms")

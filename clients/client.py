@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -259,15 +259,18 @@ class VecserveClient:
         k: int = 10,
         vocabulary_index: str = "",
         timeout: float | None = None,
+        space: str = "",
     ) -> list[analogy_pb2.ScoredWord]:
         """Vocabulary words near the positives and far from the negatives, best first.
-        For a:b :: c:?, positive=[b, c] and negative=[a]. method: "cosmul" or "cosadd"."""
+        For a:b :: c:?, positive=[b, c] and negative=[a]. method: "cosmul" or "cosadd". space: an
+        index of word vectors to answer in (see import_word_vectors) instead of the model's space."""
         request = analogy_pb2.SolveAnalogyRequest(
             positive=list(positive),
             negative=list(negative),
-            method=_enum_number(analogy_pb2.AnalogyMethod, "ANALOGY_METHOD_", method),
+            method=_method_number(method),
             k=k,
             index_name=vocabulary_index,
+            space=space,
         )
         return list(self.analogies.SolveAnalogy(request, timeout=self._deadline(timeout)).answers)
 
@@ -276,30 +279,133 @@ class VecserveClient:
         reference: tuple[str, str],
         candidates: Sequence[tuple[str, str]],
         timeout: float | None = None,
+        method: str | int = "cosmul",
+        vocabulary_index: str = "",
+        space: str = "",
     ) -> analogy_pb2.CompareRelationsResponse:
-        """How alike each candidate relation (c, d) is to the reference relation (a, b)."""
+        """How alike each candidate relation (c, d) is to the reference relation (a, b): offset and
+        pair similarities, the offset's percentile among random vocabulary pairs, and d's rank among
+        the answers to a:b :: c:? (with `method`)."""
         request = analogy_pb2.CompareRelationsRequest(
             reference=analogy_pb2.WordPair(first=reference[0], second=reference[1]),
             candidates=[analogy_pb2.WordPair(first=first, second=second) for first, second in candidates],
+            method=_method_number(method),
+            index_name=vocabulary_index,
+            space=space,
         )
         return self.analogies.CompareRelations(request, timeout=self._deadline(timeout))
 
+    def find_related_pairs(
+        self,
+        reference: tuple[str, str],
+        k: int = 10,
+        *,
+        first_words: Sequence[str] = (),
+        first_word_count: int = 0,
+        neighbour_count: int = 0,
+        vocabulary_index: str = "",
+        space: str = "",
+        timeout: float | None = None,
+    ) -> analogy_pb2.FindRelatedPairsResponse:
+        """The k vocabulary pairs (c, d) whose offset d - c is most like reference's, c among
+        first_words or the vocabulary's first first_word_count words (server default 1,000), d among
+        c's neighbour_count nearest words (server default 50)."""
+        request = analogy_pb2.FindRelatedPairsRequest(
+            reference=analogy_pb2.WordPair(first=reference[0], second=reference[1]),
+            k=k,
+            first_words=list(first_words),
+            first_word_count=first_word_count,
+            neighbour_count=neighbour_count,
+            index_name=vocabulary_index,
+            space=space,
+        )
+        return self.analogies.FindRelatedPairs(request, timeout=self._deadline(timeout))
+
     def find_similar_words(
-        self, queries: Sequence[str], k: int = 10, vocabulary_index: str = "", timeout: float | None = None
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        vocabulary_index: str = "",
+        timeout: float | None = None,
+        space: str = "",
     ) -> list[list[analogy_pb2.ScoredWord]]:
         """For each word or phrase, the nearest vocabulary words, closest first."""
         request = analogy_pb2.FindSimilarWordsRequest(
-            queries=list(queries), k=k, index_name=vocabulary_index
+            queries=list(queries), k=k, index_name=vocabulary_index, space=space
         )
         response = self.analogies.FindSimilarWords(request, timeout=self._deadline(timeout))
         return [list(result.words) for result in response.results]
 
     def get_vocabulary(
-        self, words: Sequence[str] = (), vocabulary_index: str = "", timeout: float | None = None
+        self,
+        words: Sequence[str] = (),
+        vocabulary_index: str = "",
+        timeout: float | None = None,
+        space: str = "",
     ) -> analogy_pb2.GetVocabularyResponse:
         """The vocabulary's size and, per word, whether it holds it (only those can be answers)."""
-        request = analogy_pb2.GetVocabularyRequest(words=list(words), index_name=vocabulary_index)
+        request = analogy_pb2.GetVocabularyRequest(
+            words=list(words), index_name=vocabulary_index, space=space
+        )
         return self.analogies.GetVocabulary(request, timeout=self._deadline(timeout))
+
+    def word_vectors(
+        self, words: Sequence[str], vocabulary_index: str = "", space: str = "", timeout: float | None = None
+    ) -> np.ndarray:
+        """(len(words), dimension) vectors of words in a vocabulary's space: the vectors its analogies
+        and relations are computed from (embedded by the model, or looked up in a space)."""
+        request = analogy_pb2.GetVocabularyRequest(
+            words=list(words), index_name=vocabulary_index, space=space, include_vectors=True
+        )
+        response = self.analogies.GetVocabulary(request, timeout=self._deadline(timeout))
+        return np.array([list(vector.values) for vector in response.vectors], dtype=np.float32)
+
+    def import_word_vectors(
+        self,
+        name: str,
+        words: Sequence[str],
+        vectors: np.ndarray,
+        batch_size: int = 0,
+        progress: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Creates index `name` holding one document per word (id and text the word, its vector as
+        given: an inner-product index keeps vectors unchanged), for use as a `space`; returns the count.
+
+        The index is created only when the upload starts and deleted again if the upload fails, so a
+        failed import leaves no index behind. `progress` is called with the words stored so far.
+        batch_size 0: as many as the server's message limits allow, at most 256 per message.
+        """
+        if len(words) != len(vectors) or not len(words):
+            raise ValueError(
+                f"{len(words)} words and {len(vectors)} vectors: give one vector per word, and some"
+            )
+        dimension = int(vectors.shape[1])
+        info = self.model_info(timeout=timeout)
+        # About 5 bytes per float on the wire, plus the word twice (id and text).
+        per_document = 5 * dimension + 2 * max(len(word.encode()) for word in words) + 32
+        fitting = max(1, info.max_message_bytes // 2 // per_document) if info.max_message_bytes else 256
+        limit = min(fitting, info.max_documents_per_request or 256)
+        batch_size = min(batch_size or 256, limit)
+        self.create_index(name, dimension=dimension, metric="inner_product", kind="flat", timeout=timeout)
+
+        def batches() -> Iterator[list[index_pb2.Document]]:
+            for start in range(0, len(words), batch_size):
+                chunk = zip(
+                    words[start : start + batch_size], vectors[start : start + batch_size], strict=True
+                )
+                yield [
+                    index_pb2.Document(id=word, text=word, vector=vector.tolist()) for word, vector in chunk
+                ]
+                if progress is not None:
+                    progress(min(start + batch_size, len(words)))
+
+        try:
+            stored = self.stream_upsert(name, batches(), timeout=None).upserted_count
+        except BaseException:
+            self.delete_index(name, timeout=timeout)
+            raise
+        return int(stored)
 
 
 def tls_credentials(
@@ -369,6 +475,10 @@ _PARAMS_FIELDS: dict[type, str] = {
     index_pb2.Sq8Params: "sq8",
 }
 _RANGE_BOUNDS = ("gt", "gte", "lt", "lte")
+
+
+def _method_number(method: str | int) -> int:
+    return _enum_number(analogy_pb2.AnalogyMethod, "ANALOGY_METHOD_", method)
 
 
 def _enum_number(enum: Any, prefix: str, value: str | int) -> int:

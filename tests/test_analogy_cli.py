@@ -1,4 +1,4 @@
-"""`vecserve analogy|relate|similar|plot|eval` against a real server with the real model."""
+"""`vecserve analogy|relate|pairs|similar|plot|eval` against a real server with the real model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clients import VecserveClient
 from clients.cli import main
 from clients.commands.analogy import draw_plot, parse_plot_words, project_2d
 from service.analogy import engine as analogy
@@ -81,9 +82,43 @@ def test_relate_ranks_candidates(capsys: pytest.CaptureFixture[str], address: st
         capsys, address, "relate", "dugong", "manatee", "hammerhead shark", "great hammerhead shark", "--json"
     )
     result = json.loads(out)
-    assert result["comparisons"][0]["second"] == "great hammerhead shark"
-    assert set(result["comparisons"][0]) == {"first", "second", "offset_similarity", "pair_similarity"}
+    assert result["null_pair_count"] == 5000 and result["vocabulary_word_count"] == 5000
+    [comparison] = result["comparisons"]
+    assert comparison["second"] == "great hammerhead shark"
+    assert set(comparison) == {
+        "first",
+        "second",
+        "offset_similarity",
+        "pair_similarity",
+        "offset_percentile",
+        "answer_rank",
+        "answer_in_vocabulary",
+    }
+    assert 0 <= comparison["offset_percentile"] <= 100
+    assert comparison["answer_rank"] >= 1 and not comparison["answer_in_vocabulary"]  # a phrase
     assert run(capsys, address, "relate", "a", "b", "c")[0] == 2
+
+
+def test_relate_prints_percentiles_and_answer_ranks(capsys: pytest.CaptureFixture[str], address: str) -> None:
+    code, out, _ = run(capsys, address, "relate", "man", "king", "woman", "queen", "woman", "man")
+    assert code == 0
+    header, first, second = out.splitlines()[1:4]
+    assert header.split() == ["rank", "candidate", "relation", "percentile", "answer", "rank", "pair"]
+    assert first.split()[1:4] == ["woman", "->", "queen"] and first.split()[6] == "1"
+    assert second.split()[6] == "-"  # man is a question word: never an answer
+    assert "5,000 random pairs" in out
+
+
+def test_pairs_lists_pairs_of_the_relation(capsys: pytest.CaptureFixture[str], address: str) -> None:
+    code, out, _ = run(capsys, address, "pairs", "big", "bigger", "-k", "5", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["compared_pair_count"] > 0 and len(result["pairs"]) == 5
+    found = {(p["first"], p["second"]) for p in result["pairs"]}
+    assert found & {("small", "smaller"), ("large", "larger"), ("long", "longer")}
+    code, out, _ = run(capsys, address, "pairs", "big", "bigger", "--first-words", "small", "cold", "-k", "2")
+    assert code == 0 and "pairs like big -> bigger" in out
+    assert {line.split()[1] for line in out.splitlines()[2:4]} <= {"small", "cold"}
 
 
 def test_similar(capsys: pytest.CaptureFixture[str], address: str) -> None:
@@ -124,9 +159,20 @@ def test_plot_writes_a_readable_png(
     result = json.loads(printed)
     assert [w["word"] for w in result["words"]] == ["man", "king", "woman", "queen", "boy", "girl"]
     assert result["arrows"] == [["man", "king"], ["woman", "queen"], ["boy", "girl"]]
-    # The points are the words as the analogy service embeds them: distances are kept by the projection
-    # of these six vectors (only up to the signs of its axes, so distances are compared).
-    vectors = encoder.encode([analogy.WORD_TEMPLATE.format(w["word"]) for w in result["words"]])
+    # Every arrow after the first is compared with it, as `relate` does.
+    assert [(r["first"], r["second"]) for r in result["relations"]] == [("woman", "queen"), ("boy", "girl")]
+    assert result["relations"][0]["answer_rank"] == 1 and result["relations"][0]["offset_percentile"] > 95
+    # The points are the words in the vocabulary's space, where analogies are computed: embedded as the
+    # service embeds them and centered like its vocabulary. Distances are kept by the projection of these
+    # six vectors (only up to the signs of its axes, so distances are compared).
+    with VecserveClient(address, timeout=300) as client:
+        vectors = client.word_vectors([w["word"] for w in result["words"]])
+        # They are the vectors nearest words are ranked by: their cosine is FindSimilarWords' score.
+        [[nearest]] = client.find_similar_words(["king"], k=1)
+        king, near = client.word_vectors(["king", nearest.word])
+    assert float(king @ near) == pytest.approx(nearest.score, abs=1e-5)
+    raw = encoder.encode([analogy.WORD_TEMPLATE.format(w["word"]) for w in result["words"]])
+    assert np.abs(vectors - raw).max() > 0.01  # centered like the vocabulary, not the raw embeddings
     expected, _ = project_2d(vectors)
     plotted = np.array([[w["x"], w["y"]] for w in result["words"]])
     distances = np.linalg.norm(plotted[:, None] - plotted[None], axis=2)
@@ -170,6 +216,7 @@ def test_eval_analogies(capsys: pytest.CaptureFixture[str], address: str, tmp_pa
         "correct": 0,
         "accuracy": 0.0,
         "coverage": 0.0,  # the answer is not in the vocabulary
+        "covered_accuracy": 0.0,
         "refused": 0,
     }
     total = report["total"]
@@ -191,7 +238,14 @@ def test_eval_analogies_counts_refused_questions_as_wrong(
     code, out, _ = run(capsys, address, "eval", "analogies", str(questions), "--json")
     assert code == 0
     total = json.loads(out)["total"]
-    assert total == {"questions": 2, "correct": 1, "accuracy": 0.5, "coverage": 0.5, "refused": 1}
+    assert total == {
+        "questions": 2,
+        "correct": 1,
+        "accuracy": 0.5,
+        "coverage": 0.5,
+        "covered_accuracy": 1.0,
+        "refused": 1,
+    }
 
 
 PAIRS = """\

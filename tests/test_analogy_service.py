@@ -106,6 +106,47 @@ def test_relation_similarity_ranks_the_matching_relation_first(analogies: Vecser
     assert 0 < response.reference_pair_similarity < 1
 
 
+def test_a_true_relation_lies_above_the_95th_percentile_of_random_pairs(analogies: VecserveClient) -> None:
+    response = analogies.compare_relations(
+        ("man", "king"), [("woman", "queen"), ("table", "river"), ("boy", "prince"), ("dog", "puppy")]
+    )
+    assert response.null_pair_count == 5000 and response.vocabulary_word_count == VOCABULARY_SIZE
+    queen, river, prince, puppy = response.comparisons
+    assert queen.offset_percentile > 95
+    assert queen.answer_rank == 1 and queen.answer_in_vocabulary  # the top answer to man:king :: woman:?
+    assert river.offset_percentile < queen.offset_percentile
+    assert river.answer_rank > queen.answer_rank
+    # Not among the 5,000 words: ranked by its own vector as if it were the last word.
+    assert not puppy.answer_in_vocabulary and puppy.answer_rank > 0
+    # The same figures on every call: the random pairs are drawn once, with a fixed seed.
+    again = analogies.compare_relations(("man", "king"), [("woman", "queen"), ("table", "river")])
+    assert [c.offset_percentile for c in again.comparisons] == [
+        queen.offset_percentile,
+        river.offset_percentile,
+    ]
+    # The rank is the answer's position among SolveAnalogy's answers to man : king :: boy : ?.
+    answers = [a.word for a in analogies.solve_analogy(["king", "boy"], ["man"], k=1000)]
+    assert prince.answer_in_vocabulary and answers.index("prince") + 1 == prince.answer_rank
+
+
+def test_related_pairs_of_a_grammatical_relation(analogies: VecserveClient) -> None:
+    response = analogies.find_related_pairs(("big", "bigger"), k=10)
+    pairs = [(p.pair.first, p.pair.second) for p in response.pairs]
+    # Comparatives of other frequent adjectives come first.
+    assert {("small", "smaller"), ("large", "larger"), ("long", "longer")} <= set(pairs)
+    assert [p.offset_similarity for p in response.pairs] == sorted(
+        (p.offset_similarity for p in response.pairs), reverse=True
+    )
+    assert not {"big", "bigger"} & {word for pair in pairs for word in pair}
+    assert response.compared_pair_count <= 1000 * 50
+    # Their figures are CompareRelations': the same offset and pair cosines.
+    compared = analogies.compare_relations(("big", "bigger"), pairs[:3])
+    for found, comparison in zip(response.pairs, compared.comparisons, strict=False):
+        assert found.offset_similarity == pytest.approx(comparison.offset_similarity, abs=1e-5)
+        assert found.pair_similarity == pytest.approx(comparison.pair_similarity, abs=1e-5)
+        assert comparison.offset_percentile > 95
+
+
 def test_similar_words(analogies: VecserveClient) -> None:
     [ocean, phrase] = analogies.find_similar_words(["Ocean", "a large sea animal"], k=5)
     assert "sea" in [w.word for w in ocean]

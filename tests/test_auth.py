@@ -44,6 +44,7 @@ SPECIFIED_READ_RPCS = {
     "IndexService/GetDocument",
     "AnalogyService/SolveAnalogy",
     "AnalogyService/CompareRelations",
+    "AnalogyService/FindRelatedPairs",
     "AnalogyService/FindSimilarWords",
     "AnalogyService/GetVocabulary",
 }
@@ -90,6 +91,10 @@ REQUESTS: dict[str, Callable[[], Message | list[Message]]] = {
     "AnalogyService/CompareRelations": lambda: analogy_pb2.CompareRelationsRequest(
         reference=analogy_pb2.WordPair(first="paris", second="france"),
         candidates=[analogy_pb2.WordPair(first="rome", second="italy")],
+        index_name=MISSING_VOCABULARY,
+    ),
+    "AnalogyService/FindRelatedPairs": lambda: analogy_pb2.FindRelatedPairsRequest(
+        reference=analogy_pb2.WordPair(first="paris", second="france"), index_name=MISSING_VOCABULARY
     ),
     "AnalogyService/FindSimilarWords": lambda: analogy_pb2.FindSimilarWordsRequest(
         queries=["door"], index_name=MISSING_VOCABULARY

@@ -164,6 +164,7 @@ def test_analogy_scores_per_section_and_in_total() -> None:
         "correct": 1,
         "accuracy": 0.333333,
         "coverage": 0.666667,
+        "covered_accuracy": 0.5,  # as gensim reports it: of the questions inside the vocabulary
         "refused": 1,
     }
 
@@ -176,6 +177,7 @@ def test_no_questions_score_zero() -> None:
         "correct": 0,
         "accuracy": 0.0,
         "coverage": 0.0,
+        "covered_accuracy": 0.0,
         "refused": 0,
     }
 

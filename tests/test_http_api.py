@@ -223,6 +223,15 @@ def test_every_rpc_answers_over_http(base_url: str) -> None:
         analogy_pb2.CompareRelationsResponse,
     )
     assert len(relations.comparisons) == 1
+    assert 0 <= relations.comparisons[0].offset_percentile <= 100
+    related = rpc(
+        "AnalogyService/FindRelatedPairs",
+        analogy_pb2.FindRelatedPairsRequest(
+            reference=analogy_pb2.WordPair(first="big", second="bigger"), k=2, first_word_count=200
+        ),
+        analogy_pb2.FindRelatedPairsResponse,
+    )
+    assert len(related.pairs) == 2
     similar = rpc(
         "AnalogyService/FindSimilarWords",
         analogy_pb2.FindSimilarWordsRequest(queries=["ocean"], k=2),

@@ -1,4 +1,4 @@
-"""`vecserve analogy|relate|similar|plot|eval`: the AnalogyService from the command line."""
+"""`vecserve analogy|relate|pairs|similar|plot|eval`: the AnalogyService from the command line."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from service.analogy.evaluation import (
 )
 
 METHODS = ("cosmul", "cosadd")
+# Words per GetVocabulary lookup (the server's limit).
+MAX_LOOKUP_WORDS = 100_000
 EVAL_WORKERS = 8
 # Arguments of `plot` that name a relation: FROM->TO.
 ARROW = "->"
@@ -36,11 +38,19 @@ ARROW = "->"
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     vocabulary = argparse.ArgumentParser(add_help=False)
-    vocabulary.add_argument(
+    vocabularies = vocabulary.add_mutually_exclusive_group()
+    vocabularies.add_argument(
         "--vocabulary-index",
         default="",
         metavar="INDEX",
         help="take candidate words from this index's document texts (default: the built-in English words)",
+    )
+    vocabularies.add_argument(
+        "--space",
+        default="",
+        metavar="NAME",
+        help="answer in this index of word vectors (see `vecserve index import-vectors`): words are looked "
+        "up in it, not embedded by the model",
     )
     count = argparse.ArgumentParser(add_help=False)
     count.add_argument("-k", type=int, default=10, help="answers to show, 1 to 1000 (default %(default)s)")
@@ -65,13 +75,45 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     relate = subparsers.add_parser(
         "relate",
-        parents=[common],
+        parents=[common, vocabulary, method],
         help="compare relations: is a->b like c->d?",
         description="The first two words are the reference relation (A -> B); each following pair is a "
-        "candidate relation, ranked by how alike its offset is to the reference's.",
+        "candidate relation (C -> D), ranked by how alike its offset is to the reference's. Two figures "
+        "say whether that likeness means anything: the percentile of the offset similarity among random "
+        "pairs of vocabulary words, and the rank of D among the answers to A : B :: C : ?.",
     )
     relate.add_argument("words", nargs="+", metavar="WORD", help="A B C D [E F ...]")
     relate.set_defaults(handler=run_relate)
+
+    pairs = subparsers.add_parser(
+        "pairs",
+        parents=[common, vocabulary, count],
+        help="find more pairs of a relation: which c->d are like a->b?",
+        description="`vecserve pairs man king` lists vocabulary pairs (C, D) whose offset D - C is most "
+        "like king - man. The search is bounded: C is one of the vocabulary's first --first-word-count "
+        "words (the most frequent, for the built-in vocabulary) or of --first-words, and D one of C's "
+        "--neighbours nearest words.",
+    )
+    pairs.add_argument("first", metavar="A")
+    pairs.add_argument("second", metavar="B")
+    pairs.add_argument(
+        "--first-words", nargs="+", default=[], metavar="WORD", help="search from these words C only"
+    )
+    pairs.add_argument(
+        "--first-word-count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="search from the vocabulary's first N words, 1 to 10,000 (server default 1,000)",
+    )
+    pairs.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        metavar="N",
+        help="try each C's N nearest words as D, 1 to 1,000 (server default 50)",
+    )
+    pairs.set_defaults(handler=run_pairs)
 
     similar = subparsers.add_parser(
         "similar", parents=[common, vocabulary, count], help="nearest vocabulary words to words or phrases"
@@ -81,11 +123,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     plot = subparsers.add_parser(
         "plot",
-        parents=[common],
+        parents=[common, vocabulary],
         help="draw words in 2-D (PCA) with relations as arrows",
         description="Projects the words' embeddings onto their first two principal components and saves "
         "a PNG. An argument FROM->TO draws an arrow from FROM to TO; with --pairs, plain words are "
-        "taken two by two as arrows (man king woman queen: man->king, woman->queen).",
+        "taken two by two as arrows (man king woman queen: man->king, woman->queen). With two arrows or "
+        "more, the legend compares every arrow with the first as `relate` does.",
     )
     plot.add_argument("words", nargs="+", metavar="WORD", help="words, phrases or FROM->TO relations")
     plot.add_argument("--out", required=True, type=Path, metavar="FILE.png", help="where to write the PNG")
@@ -99,14 +142,23 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     kinds = evaluate.add_subparsers(dest="eval_kind", required=True, metavar="KIND")
     analogies = kinds.add_parser(
         "analogies",
-        parents=[common, vocabulary, method],
+        parents=[common, vocabulary],
         help="accuracy on a questions-words.txt file",
         description="Accuracy on analogy questions in the Google questions-words.txt format (': section' "
         "lines, then 'a b c d' per line meaning a:b :: c:d). A question counts as right when d is the "
         "top answer; one the service cannot answer counts as wrong. Coverage is the share of questions "
-        "whose words the model can represent and whose answer is in the vocabulary.",
+        "whose words the model can represent (with --space: are in the space) and whose answer is in the "
+        "vocabulary; 'of covered' is the accuracy over those questions only, the figure gensim's "
+        "evaluate_word_analogies reports.",
     )
     analogies.add_argument("file", type=Path, metavar="FILE")
+    analogies.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="analogy scoring (default: cosadd with --space, as in gensim's evaluate_word_analogies; "
+        "else cosmul)",
+    )
     analogies.add_argument(
         "--workers", type=int, default=EVAL_WORKERS, help="concurrent calls (default %(default)s)"
     )
@@ -114,7 +166,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     analogies.set_defaults(handler=run_eval_analogies)
     similarity = kinds.add_parser(
         "similarity",
-        parents=[common],
+        parents=[common, vocabulary],
         help="Spearman correlation on a word-pair similarity file",
         description="Spearman correlation between human similarity scores and the service's pair "
         "similarities, for WordSim353 / SimLex-999 style files: 'word1<TAB>word2<TAB>score' lines; '#' "
@@ -146,7 +198,12 @@ def run_analogy(args: argparse.Namespace) -> int:
         heading = " + ".join(positive) + "".join(f" - {word}" for word in negative)
     with connect(args) as client:
         answers = client.solve_analogy(
-            positive, negative, method=args.method, k=args.k, vocabulary_index=args.vocabulary_index
+            positive,
+            negative,
+            method=args.method,
+            k=args.k,
+            vocabulary_index=args.vocabulary_index,
+            space=args.space,
         )
     if args.json:
         print_json(
@@ -181,18 +238,30 @@ def run_relate(args: argparse.Namespace) -> int:
     reference = (words[0], words[1])
     candidates = [(words[i], words[i + 1]) for i in range(2, len(words), 2)]
     with connect(args) as client:
-        response = client.compare_relations(reference, candidates)
+        response = client.compare_relations(
+            reference,
+            candidates,
+            method=args.method,
+            vocabulary_index=args.vocabulary_index,
+            space=args.space,
+        )
     if args.json:
         print_json(
             {
                 "reference": {"first": reference[0], "second": reference[1]},
                 "reference_pair_similarity": round(response.reference_pair_similarity, 6),
+                "method": args.method,
+                "null_pair_count": response.null_pair_count,
+                "vocabulary_word_count": response.vocabulary_word_count,
                 "comparisons": [
                     {
                         "first": c.candidate.first,
                         "second": c.candidate.second,
                         "offset_similarity": round(c.offset_similarity, 6),
                         "pair_similarity": round(c.pair_similarity, 6),
+                        "offset_percentile": round(c.offset_percentile, 2),
+                        "answer_rank": c.answer_rank,
+                        "answer_in_vocabulary": c.answer_in_vocabulary,
                     }
                     for c in response.comparisons
                 ],
@@ -206,17 +275,80 @@ def run_relate(args: argparse.Namespace) -> int:
     ranked = sorted(response.comparisons, key=lambda c: -c.offset_similarity)
     labels = [f"{c.candidate.first} -> {c.candidate.second}" for c in ranked]
     width = max(len(label) for label in [*labels, "candidate"])
-    print(f"rank  {'candidate':<{width}}  relation  pair")
+    print(f"rank  {'candidate':<{width}}  relation  percentile  answer rank    pair")
     for position, (label, comparison) in enumerate(zip(labels, ranked, strict=True), start=1):
-        relation, pair = comparison.offset_similarity, comparison.pair_similarity
-        print(f"{position:>4}  {label:<{width}}  {relation:>8.4f}  {pair:.4f}")
+        print(
+            f"{position:>4}  {label:<{width}}  {comparison.offset_similarity:>8.4f}  "
+            f"{comparison.offset_percentile:>10.1f}  {answer_rank_text(comparison):>11}  "
+            f"{comparison.pair_similarity:>6.4f}"
+        )
+    print("relation:    cosine of the offsets (second - first)")
+    print(
+        f"percentile:  where that cosine falls among {response.null_pair_count:,} random pairs of vocabulary "
+        "words (95 or more: rarely so alike by chance)"
+    )
+    print(
+        f"answer rank: where second comes among the answers to {reference[0]} : {reference[1]} :: first : ? "
+        f"over {response.vocabulary_word_count:,} words ({args.method}); * not a vocabulary word (ranked by "
+        "its own vector), - a question word"
+    )
+    print("pair:        cosine of the pair's own words")
+    return 0
+
+
+def answer_rank_text(comparison: Any) -> str:
+    """A RelationComparison's answer rank as `relate` and `plot` print it: 3, 3* (not a vocabulary
+    word) or - (a question word, never an answer)."""
+    if not comparison.answer_rank:
+        return "-"
+    return f"{comparison.answer_rank:,}{'' if comparison.answer_in_vocabulary else '*'}"
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        response = client.find_related_pairs(
+            (args.first, args.second),
+            k=args.k,
+            first_words=args.first_words,
+            first_word_count=args.first_word_count,
+            neighbour_count=args.neighbours,
+            vocabulary_index=args.vocabulary_index,
+            space=args.space,
+        )
+    if args.json:
+        print_json(
+            {
+                "reference": {"first": args.first, "second": args.second},
+                "compared_pair_count": response.compared_pair_count,
+                "pairs": [
+                    {
+                        "first": p.pair.first,
+                        "second": p.pair.second,
+                        "offset_similarity": round(p.offset_similarity, 6),
+                        "pair_similarity": round(p.pair_similarity, 6),
+                    }
+                    for p in response.pairs
+                ],
+            }
+        )
+        return 0
+    print(f"pairs like {args.first} -> {args.second}   ({response.compared_pair_count:,} pairs compared)")
+    labels = [f"{p.pair.first} -> {p.pair.second}" for p in response.pairs]
+    width = max(len(label) for label in [*labels, "pair"])
+    print(f"rank  {'pair':<{width}}  relation    pair")
+    for position, (label, found) in enumerate(zip(labels, response.pairs, strict=True), start=1):
+        print(
+            f"{position:>4}  {label:<{width}}  {found.offset_similarity:>8.4f}  {found.pair_similarity:>6.4f}"
+        )
     print("relation: cosine of the offsets (second - first); pair: cosine of the pair's own words")
     return 0
 
 
 def run_similar(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        results = client.find_similar_words(args.words, k=args.k, vocabulary_index=args.vocabulary_index)
+        results = client.find_similar_words(
+            args.words, k=args.k, vocabulary_index=args.vocabulary_index, space=args.space
+        )
     if args.json:
         print_json(
             [
@@ -278,9 +410,10 @@ def draw_plot(
     out: Path,
     title: str,
     variance_shares: np.ndarray,
+    arrow_labels: Sequence[str] = (),
 ) -> list[Bbox]:
     """Saves the plot as PNG; returns where the labels went (display coordinates), none overlapping
-    another when there is room around the points."""
+    another when there is room around the points. arrow_labels, one per arrow, make a legend."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display needed
@@ -314,6 +447,11 @@ def draw_plot(
     axes.set_ylabel(f"principal component 2 ({variance_shares[1]:.0%} of variance)")
     axes.set_title(title, fontsize=13)
     axes.grid(True, alpha=0.3)
+    if arrow_labels:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colors(number % 10), lw=2) for number in range(len(arrow_labels))]
+        axes.legend(handles, arrow_labels, loc="best", fontsize=9, framealpha=0.85)
     figure.tight_layout()
     renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
     placed: list[Bbox] = []
@@ -370,16 +508,22 @@ def run_plot(args: argparse.Namespace) -> int:
         print("error: give at least two words to plot", file=sys.stderr)
         return 2
     with connect(args) as client:
-        # Words written as the server writes them for its built-in vocabulary, so that plotted points
-        # are the vectors that analogies and relation comparisons are computed from.
-        word_template = client.get_vocabulary().word_template
-        if not word_template:
-            print("error: the server does not report its word template (a version too old)", file=sys.stderr)
+        # The vectors that analogies and relation comparisons are computed from, in the same space.
+        vectors = client.word_vectors(words, vocabulary_index=args.vocabulary_index, space=args.space)
+        if len(vectors) != len(words):
+            print("error: the server does not return word vectors (a version too old)", file=sys.stderr)
             return 1
-        vectors = client.embed_array([word_template.format(word) for word in words], normalize=True)
+        relations = (
+            client.compare_relations(
+                arrows[0], arrows[1:], vocabulary_index=args.vocabulary_index, space=args.space
+            )
+            if len(arrows) >= 2
+            else None
+        )
     points, shares = project_2d(vectors)
     title = args.title or (", ".join(f"{a} → {b}" for a, b in arrows) if arrows else f"{len(words)} words")
-    draw_plot(words, points, arrows, args.out, title, shares)
+    labels = relation_labels(arrows, relations) if relations else []
+    draw_plot(words, points, arrows, args.out, title, shares, labels)
     if args.json:
         print_json(
             {
@@ -389,11 +533,37 @@ def run_plot(args: argparse.Namespace) -> int:
                     for word, (x, y) in zip(words, points, strict=True)
                 ],
                 "arrows": [list(arrow) for arrow in arrows],
+                "relations": [
+                    {
+                        "first": c.candidate.first,
+                        "second": c.candidate.second,
+                        "offset_similarity": round(c.offset_similarity, 6),
+                        "offset_percentile": round(c.offset_percentile, 2),
+                        "answer_rank": c.answer_rank,
+                        "answer_in_vocabulary": c.answer_in_vocabulary,
+                    }
+                    for c in (relations.comparisons if relations else [])
+                ],
             }
         )
     else:
         print(f"wrote {args.out} ({len(words)} words, {len(arrows)} arrows)")
+        for label in labels:
+            print(f"  {label}")
     return 0
+
+
+def relation_labels(arrows: Sequence[tuple[str, str]], relations: Any) -> list[str]:
+    """Legend entries: the first arrow as the reference, every other compared with it."""
+    first, second = arrows[0]
+    labels = [f"{first} → {second} (reference)"]
+    for comparison in relations.comparisons:
+        labels.append(
+            f"{comparison.candidate.first} → {comparison.candidate.second}: relation "
+            f"{comparison.offset_similarity:.2f}, percentile {comparison.offset_percentile:.0f}, "
+            f"answer rank {answer_rank_text(comparison)}"
+        )
+    return labels
 
 
 # eval analogies
@@ -414,17 +584,42 @@ class _Progress:
                     print(file=sys.stderr)
 
 
+@dataclass(frozen=True)
+class VocabularyChoice:
+    """Where an evaluation's words come from: the built-in vocabulary, an index's, or a space."""
+
+    index: str = ""
+    space: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"space {self.space}" if self.space else self.index or "built-in"
+
+
 def _ask(
-    client: VecserveClient, question: AnalogyQuestion, method: str, vocabulary_index: str, progress: _Progress
+    client: VecserveClient,
+    question: AnalogyQuestion,
+    method: str,
+    vocabulary: VocabularyChoice,
+    progress: _Progress,
 ) -> str | None:
-    """The service's top answer, or None when it refuses the question."""
+    """The service's top answer, or None when it refuses the question (in a space: also when a word
+    is not in it, as gensim leaves out such questions)."""
     first, second, third, _ = question.words
+    refusals = {grpc.StatusCode.INVALID_ARGUMENT} | (
+        {grpc.StatusCode.NOT_FOUND} if vocabulary.space else set()
+    )
     try:
         answers = client.solve_analogy(
-            [second, third], [first], method=method, k=1, vocabulary_index=vocabulary_index
+            [second, third],
+            [first],
+            method=method,
+            k=1,
+            vocabulary_index=vocabulary.index,
+            space=vocabulary.space,
         )
     except grpc.RpcError as error:
-        if error.code() != grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
+        if error.code() not in refusals:  # type: ignore[attr-defined]
             raise
         return None
     finally:
@@ -436,21 +631,22 @@ def evaluate_analogies(
     client: VecserveClient,
     questions: Sequence[AnalogyQuestion],
     method: str = "cosmul",
-    vocabulary_index: str = "",
+    vocabulary: VocabularyChoice = VocabularyChoice(),
     workers: int = EVAL_WORKERS,
 ) -> dict[str, Any]:
     """Asks the service every question (concurrently) and scores the top answers per section."""
     expected = list(dict.fromkeys(q.answer for q in questions))
-    vocabulary = client.get_vocabulary(expected, vocabulary_index=vocabulary_index)
-    in_vocabulary = {word for word, held in zip(expected, vocabulary.contains, strict=True) if held}
+    # Also checks that the vocabulary exists before any question is asked.
+    description = client.get_vocabulary(expected, vocabulary_index=vocabulary.index, space=vocabulary.space)
+    in_vocabulary = {word for word, held in zip(expected, description.contains, strict=True) if held}
     progress = _Progress(len(questions))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        answers = list(pool.map(lambda q: _ask(client, q, method, vocabulary_index, progress), questions))
+        answers = list(pool.map(lambda q: _ask(client, q, method, vocabulary, progress), questions))
     scores = score_analogies(questions, answers, in_vocabulary)
     return {
         "method": method,
-        "vocabulary": vocabulary_index or "built-in",
-        "vocabulary_words": vocabulary.word_count,
+        "vocabulary": vocabulary.name,
+        "vocabulary_words": description.word_count,
         "sections": {name: score.as_dict() for name, score in scores.sections.items()},
         "total": scores.total.as_dict(),
     }
@@ -459,11 +655,14 @@ def evaluate_analogies(
 def print_analogy_report(report: dict[str, Any]) -> None:
     sections = report["sections"]
     width = max(len(name) for name in [*sections, "total"])
-    print(f"{'section':<{width}}  {'questions':>9}  {'correct':>7}  {'accuracy':>8}  {'coverage':>8}")
+    print(
+        f"{'section':<{width}}  {'questions':>9}  {'correct':>7}  {'accuracy':>8}  {'coverage':>8}  "
+        f"{'of covered':>10}"
+    )
     for name, row in [*sections.items(), ("total", report["total"])]:
         print(
             f"{name:<{width}}  {row['questions']:>9}  {row['correct']:>7}  {row['accuracy']:>8.1%}  "
-            f"{row['coverage']:>8.1%}"
+            f"{row['coverage']:>8.1%}  {row['covered_accuracy']:>10.1%}"
         )
 
 
@@ -478,13 +677,16 @@ def run_eval_analogies(args: argparse.Namespace) -> int:
     if not questions:
         print(f"error: {args.file} holds no questions", file=sys.stderr)
         return 2
+    method = args.method or ("cosadd" if args.space else "cosmul")
     with connect(args) as client:
-        report = evaluate_analogies(client, questions, args.method, args.vocabulary_index, args.workers)
+        report = evaluate_analogies(
+            client, questions, method, VocabularyChoice(args.vocabulary_index, args.space), args.workers
+        )
     if args.json:
         print_json({"file": str(args.file), **report})
         return 0
     print(
-        f"{args.file}: method {args.method}, vocabulary {report['vocabulary']} "
+        f"{args.file}: method {method}, vocabulary {report['vocabulary']} "
         f"({report['vocabulary_words']:,} words)"
     )
     print_analogy_report(report)
@@ -494,18 +696,41 @@ def run_eval_analogies(args: argparse.Namespace) -> int:
 # eval similarity
 
 
-def evaluate_similarity(client: VecserveClient, pairs: Sequence[WordPairScore]) -> float:
-    """Spearman correlation of the gold scores with the service's pair similarities."""
+def evaluate_similarity(
+    client: VecserveClient, pairs: Sequence[WordPairScore], vocabulary: VocabularyChoice = VocabularyChoice()
+) -> tuple[float, int]:
+    """Spearman correlation of the gold scores with the service's pair similarities, and the number
+    of pairs it is over: in a space, pairs with a word outside it are left out (as gensim does)."""
+    if vocabulary.space:
+        words = list(dict.fromkeys(word for pair in pairs for word in (pair.first, pair.second)))
+        held = {
+            word
+            for start in range(0, len(words), MAX_LOOKUP_WORDS)
+            for word, contained in zip(
+                words[start : start + MAX_LOOKUP_WORDS],
+                client.get_vocabulary(
+                    words[start : start + MAX_LOOKUP_WORDS], space=vocabulary.space
+                ).contains,
+                strict=True,
+            )
+            if contained
+        }
+        pairs = [pair for pair in pairs if pair.first in held and pair.second in held]
+    if len(pairs) < 2:
+        return 0.0, len(pairs)
     batch = 64
     similarities: list[float] = []
     # Every pair is a candidate of a CompareRelations call; its pair_similarity is the words' cosine.
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
         response = client.compare_relations(
-            (chunk[0].first, chunk[0].second), [(p.first, p.second) for p in chunk]
+            (chunk[0].first, chunk[0].second),
+            [(p.first, p.second) for p in chunk],
+            vocabulary_index=vocabulary.index,
+            space=vocabulary.space,
         )
         similarities += [c.pair_similarity for c in response.comparisons]
-    return spearman([p.gold for p in pairs], similarities)
+    return spearman([p.gold for p in pairs], similarities), len(pairs)
 
 
 def run_eval_similarity(args: argparse.Namespace) -> int:
@@ -518,9 +743,19 @@ def run_eval_similarity(args: argparse.Namespace) -> int:
         print(f"error: {args.file} needs at least two scored pairs", file=sys.stderr)
         return 2
     with connect(args) as client:
-        correlation = evaluate_similarity(client, pairs)
+        correlation, used = evaluate_similarity(
+            client, pairs, VocabularyChoice(args.vocabulary_index, args.space)
+        )
     if args.json:
-        print_json({"file": str(args.file), "pairs": len(pairs), "spearman": round(correlation, 6)})
+        print_json(
+            {
+                "file": str(args.file),
+                "pairs": len(pairs),
+                "pairs_used": used,
+                "spearman": round(correlation, 6),
+            }
+        )
         return 0
-    print(f"{args.file}: {len(pairs)} pairs, Spearman correlation {correlation:.4f}")
+    left_out = f" ({len(pairs) - used} with a word outside the space left out)" if used < len(pairs) else ""
+    print(f"{args.file}: {used} pairs{left_out}, Spearman correlation {correlation:.4f}")
     return 0

@@ -78,6 +78,12 @@ class SectionScore:
     def coverage(self) -> float:
         return self.covered / self.total if self.total else 0.0
 
+    @property
+    def covered_accuracy(self) -> float:
+        """Accuracy over the covered questions only: gensim's evaluate_word_analogies leaves out the
+        questions with a word outside the vocabulary, and reports this."""
+        return self.correct / self.covered if self.covered else 0.0
+
     def as_dict(self) -> dict[str, float | int]:
         """The row of a JSON report, ratios rounded to six decimals."""
         return {
@@ -85,6 +91,7 @@ class SectionScore:
             "correct": self.correct,
             "accuracy": round(self.accuracy, 6),
             "coverage": round(self.coverage, 6),
+            "covered_accuracy": round(self.covered_accuracy, 6),
             "refused": self.refused,
         }
 

@@ -62,6 +62,7 @@ READ_RPCS = frozenset(
         "IndexService/GetDocument",
         "AnalogyService/SolveAnalogy",
         "AnalogyService/CompareRelations",
+        "AnalogyService/FindRelatedPairs",
         "AnalogyService/FindSimilarWords",
         "AnalogyService/GetVocabulary",
     }

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from .analogy_pb2 import CompareRelationsRequest, CompareRelationsResponse, FindSimilarWordsRequest, FindSimilarWordsResponse, GetVocabularyRequest, GetVocabularyResponse, SolveAnalogyRequest, SolveAnalogyResponse
+from .analogy_pb2 import CompareRelationsRequest, CompareRelationsResponse, FindRelatedPairsRequest, FindRelatedPairsResponse, FindSimilarWordsRequest, FindSimilarWordsResponse, GetVocabularyRequest, GetVocabularyResponse, SolveAnalogyRequest, SolveAnalogyResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -49,7 +49,15 @@ class AnalogyService(Protocol):
 
     async def compare_relations(self, request: CompareRelationsRequest, ctx: RequestContext[CompareRelationsRequest, CompareRelationsResponse], /) -> CompareRelationsResponse:
         """
-        How alike a reference relation (a -> b) is to candidate relations (c -> d).
+        How alike a reference relation (a -> b) is to candidate relations (c -> d), and how significant
+        that is: against random vocabulary pairs, and as the rank of d when a:b :: c:? is solved.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def find_related_pairs(self, request: FindRelatedPairsRequest, ctx: RequestContext[FindRelatedPairsRequest, FindRelatedPairsResponse], /) -> FindRelatedPairsResponse:
+        """
+        More pairs of a relation: for a reference pair (a, b), the vocabulary pairs (c, d) whose offset
+        d - c is most like b - a, within a bound (see FindRelatedPairsRequest).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -100,6 +108,17 @@ class AnalogyServiceASGIApplication(ConnectASGIApplication[AnalogyService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.compare_relations,
+                ),
+                "/vecserve.v1.AnalogyService/FindRelatedPairs": Endpoint.unary(
+                    method=MethodInfo(
+                        name="FindRelatedPairs",
+                        service_name="vecserve.v1.AnalogyService",
+                        input=FindRelatedPairsRequest,
+                        output=FindRelatedPairsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.find_related_pairs,
                 ),
                 "/vecserve.v1.AnalogyService/FindSimilarWords": Endpoint.unary(
                     method=MethodInfo(
@@ -195,7 +214,8 @@ class AnalogyServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> CompareRelationsResponse:
         """
-        How alike a reference relation (a -> b) is to candidate relations (c -> d).
+        How alike a reference relation (a -> b) is to candidate relations (c -> d), and how significant
+        that is: against random vocabulary pairs, and as the rank of d when a:b :: c:? is solved.
         """
         return await self.execute_unary(
             request=request,
@@ -204,6 +224,30 @@ class AnalogyServiceClient(ConnectClient):
                 service_name="vecserve.v1.AnalogyService",
                 input=CompareRelationsRequest,
                 output=CompareRelationsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def find_related_pairs(
+        self,
+        request: FindRelatedPairsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> FindRelatedPairsResponse:
+        """
+        More pairs of a relation: for a reference pair (a, b), the vocabulary pairs (c, d) whose offset
+        d - c is most like b - a, within a bound (see FindRelatedPairsRequest).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="FindRelatedPairs",
+                service_name="vecserve.v1.AnalogyService",
+                input=FindRelatedPairsRequest,
+                output=FindRelatedPairsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

@@ -24,39 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vecserve/v1/analogy.proto\x12\x0bvecserve.v1\"@\n\nScoredWord\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x15\n\rranking_score\x18\x03 \x01(\x01\"\x84\x01\n\x13SolveAnalogyRequest\x12\x10\n\x08positive\x18\x01 \x03(\t\x12\x10\n\x08negative\x18\x02 \x03(\t\x12*\n\x06method\x18\x03 \x01(\x0e\x32\x1a.vecserve.v1.AnalogyMethod\x12\t\n\x01k\x18\x04 \x01(\r\x12\x12\n\nindex_name\x18\x05 \x01(\t\"l\n\x14SolveAnalogyResponse\x12(\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x17.vecserve.v1.ScoredWord\x12*\n\x06method\x18\x02 \x01(\x0e\x32\x1a.vecserve.v1.AnalogyMethod\")\n\x08WordPair\x12\r\n\x05\x66irst\x18\x01 \x01(\t\x12\x0e\n\x06second\x18\x02 \x01(\t\"n\n\x17\x43ompareRelationsRequest\x12(\n\treference\x18\x01 \x01(\x0b\x32\x15.vecserve.v1.WordPair\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.vecserve.v1.WordPair\"r\n\x12RelationComparison\x12(\n\tcandidate\x18\x01 \x01(\x0b\x32\x15.vecserve.v1.WordPair\x12\x19\n\x11offset_similarity\x18\x02 \x01(\x02\x12\x17\n\x0fpair_similarity\x18\x03 \x01(\x02\"s\n\x18\x43ompareRelationsResponse\x12!\n\x19reference_pair_similarity\x18\x01 \x01(\x02\x12\x34\n\x0b\x63omparisons\x18\x02 \x03(\x0b\x32\x1f.vecserve.v1.RelationComparison\"I\n\x17\x46indSimilarWordsRequest\x12\x0f\n\x07queries\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x12\n\nindex_name\x18\x03 \x01(\t\"E\n\x0cSimilarWords\x12\r\n\x05query\x18\x01 \x01(\t\x12&\n\x05words\x18\x02 \x03(\x0b\x32\x17.vecserve.v1.ScoredWord\"F\n\x18\x46indSimilarWordsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.vecserve.v1.SimilarWords\"9\n\x14GetVocabularyRequest\x12\x12\n\nindex_name\x18\x01 \x01(\t\x12\r\n\x05words\x18\x02 \x03(\t\"T\n\x15GetVocabularyResponse\x12\x12\n\nword_count\x18\x01 \x01(\r\x12\x10\n\x08\x63ontains\x18\x02 \x03(\x08\x12\x15\n\rword_template\x18\x03 \x01(\t*e\n\rAnalogyMethod\x12\x1e\n\x1a\x41NALOGY_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41NALOGY_METHOD_COSADD\x10\x01\x12\x19\n\x15\x41NALOGY_METHOD_COSMUL\x10\x02\x32\xff\x02\n\x0e\x41nalogyService\x12S\n\x0cSolveAnalogy\x12 .vecserve.v1.SolveAnalogyRequest\x1a!.vecserve.v1.SolveAnalogyResponse\x12_\n\x10\x43ompareRelations\x12$.vecserve.v1.CompareRelationsRequest\x1a%.vecserve.v1.CompareRelationsResponse\x12_\n\x10\x46indSimilarWords\x12$.vecserve.v1.FindSimilarWordsRequest\x1a%.vecserve.v1.FindSimilarWordsResponse\x12V\n\rGetVocabulary\x12!.vecserve.v1.GetVocabularyRequest\x1a\".vecserve.v1.GetVocabularyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vecserve/v1/analogy.proto\x12\x0bvecserve.v1\"@\n\nScoredWord\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x15\n\rranking_score\x18\x03 \x01(\x01\"\x93\x01\n\x13SolveAnalogyRequest\x12\x10\n\x08positive\x18\x01 \x03(\t\x12\x10\n\x08negative\x18\x02 \x03(\t\x12*\n\x06method\x18\x03 \x01(\x0e\x32\x1a.vecserve.v1.AnalogyMethod\x12\t\n\x01k\x18\x04 \x01(\r\x12\x12\n\nindex_name\x18\x05 \x01(\t\x12\r\n\x05space\x18\x06 \x01(\t\"l\n\x14SolveAnalogyResponse\x12(\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x17.vecserve.v1.ScoredWord\x12*\n\x06method\x18\x02 \x01(\x0e\x32\x1a.vecserve.v1.AnalogyMethod\")\n\x08WordPair\x12\r\n\x05\x66irst\x18\x01 \x01(\t\x12\x0e\n\x06second\x18\x02 \x01(\t\"\xbd\x01\n\x17\x43ompareRelationsRequest\x12(\n\treference\x18\x01 \x01(\x0b\x32\x15.vecserve.v1.WordPair\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.vecserve.v1.WordPair\x12*\n\x06method\x18\x03 \x01(\x0e\x32\x1a.vecserve.v1.AnalogyMethod\x12\x12\n\nindex_name\x18\x04 \x01(\t\x12\r\n\x05space\x18\x05 \x01(\t\"\xc0\x01\n\x12RelationComparison\x12(\n\tcandidate\x18\x01 \x01(\x0b\x32\x15.vecserve.v1.WordPair\x12\x19\n\x11offset_similarity\x18\x02 \x01(\x02\x12\x17\n\x0fpair_similarity\x18\x03 \x01(\x02\x12\x19\n\x11offset_percentile\x18\x04 \x01(\x02\x12\x13\n\x0b\x61nswer_rank\x18\x05 \x01(\r\x12\x1c\n\x14\x61nswer_in_vocabulary\x18\x06 \x01(\x08\"\xab\x01\n\x18\x43ompareRelationsResponse\x12!\n\x19reference_pair_similarity\x18\x01 \x01(\x02\x12\x34\n\x0b\x63omparisons\x18\x02 \x03(\x0b\x32\x1f.vecserve.v1.RelationComparison\x12\x17\n\x0fnull_pair_count\x18\x03 \x01(\r\x12\x1d\n\x15vocabulary_word_count\x18\x04 \x01(\r\"\xb9\x01\n\x17\x46indRelatedPairsRequest\x12(\n\treference\x18\x01 \x01(\x0b\x32\x15.vecserve.v1.WordPair\x12\t\n\x01k\x18\x02 \x01(\r\x12\x13\n\x0b\x66irst_words\x18\x03 \x03(\t\x12\x18\n\x10\x66irst_word_count\x18\x04 \x01(\r\x12\x17\n\x0fneighbour_count\x18\x05 \x01(\r\x12\x12\n\nindex_name\x18\x06 \x01(\t\x12\r\n\x05space\x18\x07 \x01(\t\"f\n\x0bRelatedPair\x12#\n\x04pair\x18\x01 \x01(\x0b\x32\x15.vecserve.v1.WordPair\x12\x19\n\x11offset_similarity\x18\x02 \x01(\x02\x12\x17\n\x0fpair_similarity\x18\x03 \x01(\x02\"`\n\x18\x46indRelatedPairsResponse\x12\'\n\x05pairs\x18\x01 \x03(\x0b\x32\x18.vecserve.v1.RelatedPair\x12\x1b\n\x13\x63ompared_pair_count\x18\x02 \x01(\r\"X\n\x17\x46indSimilarWordsRequest\x12\x0f\n\x07queries\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x12\n\nindex_name\x18\x03 \x01(\t\x12\r\n\x05space\x18\x04 \x01(\t\"E\n\x0cSimilarWords\x12\r\n\x05query\x18\x01 \x01(\t\x12&\n\x05words\x18\x02 \x03(\x0b\x32\x17.vecserve.v1.ScoredWord\"F\n\x18\x46indSimilarWordsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.vecserve.v1.SimilarWords\"a\n\x14GetVocabularyRequest\x12\x12\n\nindex_name\x18\x01 \x01(\t\x12\r\n\x05words\x18\x02 \x03(\t\x12\r\n\x05space\x18\x03 \x01(\t\x12\x17\n\x0finclude_vectors\x18\x04 \x01(\x08\"\x1c\n\nWordVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"~\n\x15GetVocabularyResponse\x12\x12\n\nword_count\x18\x01 \x01(\r\x12\x10\n\x08\x63ontains\x18\x02 \x03(\x08\x12\x15\n\rword_template\x18\x03 \x01(\t\x12(\n\x07vectors\x18\x04 \x03(\x0b\x32\x17.vecserve.v1.WordVector*e\n\rAnalogyMethod\x12\x1e\n\x1a\x41NALOGY_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41NALOGY_METHOD_COSADD\x10\x01\x12\x19\n\x15\x41NALOGY_METHOD_COSMUL\x10\x02\x32\xe0\x03\n\x0e\x41nalogyService\x12S\n\x0cSolveAnalogy\x12 .vecserve.v1.SolveAnalogyRequest\x1a!.vecserve.v1.SolveAnalogyResponse\x12_\n\x10\x43ompareRelations\x12$.vecserve.v1.CompareRelationsRequest\x1a%.vecserve.v1.CompareRelationsResponse\x12_\n\x10\x46indRelatedPairs\x12$.vecserve.v1.FindRelatedPairsRequest\x1a%.vecserve.v1.FindRelatedPairsResponse\x12_\n\x10\x46indSimilarWords\x12$.vecserve.v1.FindSimilarWordsRequest\x1a%.vecserve.v1.FindSimilarWordsResponse\x12V\n\rGetVocabulary\x12!.vecserve.v1.GetVocabularyRequest\x1a\".vecserve.v1.GetVocabularyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vecserve.v1.analogy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ANALOGYMETHOD']._serialized_start=1104
-  _globals['_ANALOGYMETHOD']._serialized_end=1205
+  _globals['_ANALOGYMETHOD']._serialized_start=1852
+  _globals['_ANALOGYMETHOD']._serialized_end=1953
   _globals['_SCOREDWORD']._serialized_start=42
   _globals['_SCOREDWORD']._serialized_end=106
   _globals['_SOLVEANALOGYREQUEST']._serialized_start=109
-  _globals['_SOLVEANALOGYREQUEST']._serialized_end=241
-  _globals['_SOLVEANALOGYRESPONSE']._serialized_start=243
-  _globals['_SOLVEANALOGYRESPONSE']._serialized_end=351
-  _globals['_WORDPAIR']._serialized_start=353
-  _globals['_WORDPAIR']._serialized_end=394
-  _globals['_COMPARERELATIONSREQUEST']._serialized_start=396
-  _globals['_COMPARERELATIONSREQUEST']._serialized_end=506
-  _globals['_RELATIONCOMPARISON']._serialized_start=508
-  _globals['_RELATIONCOMPARISON']._serialized_end=622
-  _globals['_COMPARERELATIONSRESPONSE']._serialized_start=624
-  _globals['_COMPARERELATIONSRESPONSE']._serialized_end=739
-  _globals['_FINDSIMILARWORDSREQUEST']._serialized_start=741
-  _globals['_FINDSIMILARWORDSREQUEST']._serialized_end=814
-  _globals['_SIMILARWORDS']._serialized_start=816
-  _globals['_SIMILARWORDS']._serialized_end=885
-  _globals['_FINDSIMILARWORDSRESPONSE']._serialized_start=887
-  _globals['_FINDSIMILARWORDSRESPONSE']._serialized_end=957
-  _globals['_GETVOCABULARYREQUEST']._serialized_start=959
-  _globals['_GETVOCABULARYREQUEST']._serialized_end=1016
-  _globals['_GETVOCABULARYRESPONSE']._serialized_start=1018
-  _globals['_GETVOCABULARYRESPONSE']._serialized_end=1102
-  _globals['_ANALOGYSERVICE']._serialized_start=1208
-  _globals['_ANALOGYSERVICE']._serialized_end=1591
+  _globals['_SOLVEANALOGYREQUEST']._serialized_end=256
+  _globals['_SOLVEANALOGYRESPONSE']._serialized_start=258
+  _globals['_SOLVEANALOGYRESPONSE']._serialized_end=366
+  _globals['_WORDPAIR']._serialized_start=368
+  _globals['_WORDPAIR']._serialized_end=409
+  _globals['_COMPARERELATIONSREQUEST']._serialized_start=412
+  _globals['_COMPARERELATIONSREQUEST']._serialized_end=601
+  _globals['_RELATIONCOMPARISON']._serialized_start=604
+  _globals['_RELATIONCOMPARISON']._serialized_end=796
+  _globals['_COMPARERELATIONSRESPONSE']._serialized_start=799
+  _globals['_COMPARERELATIONSRESPONSE']._serialized_end=970
+  _globals['_FINDRELATEDPAIRSREQUEST']._serialized_start=973
+  _globals['_FINDRELATEDPAIRSREQUEST']._serialized_end=1158
+  _globals['_RELATEDPAIR']._serialized_start=1160
+  _globals['_RELATEDPAIR']._serialized_end=1262
+  _globals['_FINDRELATEDPAIRSRESPONSE']._serialized_start=1264
+  _globals['_FINDRELATEDPAIRSRESPONSE']._serialized_end=1360
+  _globals['_FINDSIMILARWORDSREQUEST']._serialized_start=1362
+  _globals['_FINDSIMILARWORDSREQUEST']._serialized_end=1450
+  _globals['_SIMILARWORDS']._serialized_start=1452
+  _globals['_SIMILARWORDS']._serialized_end=1521
+  _globals['_FINDSIMILARWORDSRESPONSE']._serialized_start=1523
+  _globals['_FINDSIMILARWORDSRESPONSE']._serialized_end=1593
+  _globals['_GETVOCABULARYREQUEST']._serialized_start=1595
+  _globals['_GETVOCABULARYREQUEST']._serialized_end=1692
+  _globals['_WORDVECTOR']._serialized_start=1694
+  _globals['_WORDVECTOR']._serialized_end=1722
+  _globals['_GETVOCABULARYRESPONSE']._serialized_start=1724
+  _globals['_GETVOCABULARYRESPONSE']._serialized_end=1850
+  _globals['_ANALOGYSERVICE']._serialized_start=1956
+  _globals['_ANALOGYSERVICE']._serialized_end=2436
 # @@protoc_insertion_point(module_scope)

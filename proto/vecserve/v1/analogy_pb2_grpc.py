@@ -45,6 +45,11 @@ class AnalogyServiceStub:
                 request_serializer=vecserve_dot_v1_dot_analogy__pb2.CompareRelationsRequest.SerializeToString,
                 response_deserializer=vecserve_dot_v1_dot_analogy__pb2.CompareRelationsResponse.FromString,
                 _registered_method=True)
+        self.FindRelatedPairs = channel.unary_unary(
+                '/vecserve.v1.AnalogyService/FindRelatedPairs',
+                request_serializer=vecserve_dot_v1_dot_analogy__pb2.FindRelatedPairsRequest.SerializeToString,
+                response_deserializer=vecserve_dot_v1_dot_analogy__pb2.FindRelatedPairsResponse.FromString,
+                _registered_method=True)
         self.FindSimilarWords = channel.unary_unary(
                 '/vecserve.v1.AnalogyService/FindSimilarWords',
                 request_serializer=vecserve_dot_v1_dot_analogy__pb2.FindSimilarWordsRequest.SerializeToString,
@@ -69,7 +74,16 @@ class AnalogyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompareRelations(self, request, context):
-        """How alike a reference relation (a -> b) is to candidate relations (c -> d).
+        """How alike a reference relation (a -> b) is to candidate relations (c -> d), and how significant
+        that is: against random vocabulary pairs, and as the rank of d when a:b :: c:? is solved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindRelatedPairs(self, request, context):
+        """More pairs of a relation: for a reference pair (a, b), the vocabulary pairs (c, d) whose offset
+        d - c is most like b - a, within a bound (see FindRelatedPairsRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +115,11 @@ def add_AnalogyServiceServicer_to_server(servicer, server):
                     servicer.CompareRelations,
                     request_deserializer=vecserve_dot_v1_dot_analogy__pb2.CompareRelationsRequest.FromString,
                     response_serializer=vecserve_dot_v1_dot_analogy__pb2.CompareRelationsResponse.SerializeToString,
+            ),
+            'FindRelatedPairs': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindRelatedPairs,
+                    request_deserializer=vecserve_dot_v1_dot_analogy__pb2.FindRelatedPairsRequest.FromString,
+                    response_serializer=vecserve_dot_v1_dot_analogy__pb2.FindRelatedPairsResponse.SerializeToString,
             ),
             'FindSimilarWords': grpc.unary_unary_rpc_method_handler(
                     servicer.FindSimilarWords,
@@ -168,6 +187,33 @@ class AnalogyService:
             '/vecserve.v1.AnalogyService/CompareRelations',
             vecserve_dot_v1_dot_analogy__pb2.CompareRelationsRequest.SerializeToString,
             vecserve_dot_v1_dot_analogy__pb2.CompareRelationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindRelatedPairs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vecserve.v1.AnalogyService/FindRelatedPairs',
+            vecserve_dot_v1_dot_analogy__pb2.FindRelatedPairsRequest.SerializeToString,
+            vecserve_dot_v1_dot_analogy__pb2.FindRelatedPairsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,6 +27,12 @@ class AnalogyServicer(pb_grpc.AnalogyServiceServicer):
         return self._calls.CompareRelations(request, context)
 
     @translate_errors
+    def FindRelatedPairs(
+        self, request: pb.FindRelatedPairsRequest, context: grpc.ServicerContext
+    ) -> pb.FindRelatedPairsResponse:
+        return self._calls.FindRelatedPairs(request, context)
+
+    @translate_errors
     def FindSimilarWords(
         self, request: pb.FindSimilarWordsRequest, context: grpc.ServicerContext
     ) -> pb.FindSimilarWordsResponse:

@@ -36,9 +36,13 @@ class Core:
             self._closers.pop()()
 
 
-def build_core(settings: Settings, encoder: Encoder | None = None) -> Core:
+def build_core(settings: Settings, encoder: Encoder | None = None, store: IndexStore | None = None) -> Core:
     """Loads the model (unless an encoder is given, which the caller then owns and closes), opens the
-    data directory and prepares the vocabulary (built on first use, or by vocabulary.start()).
+    data directory (unless a store is given, owned by the caller too) and prepares the vocabulary
+    (built on first use, or by vocabulary.start()).
+
+    The cluster's ingress gives a RemoteEncoder and a ShardedStore (service/cluster), which have the
+    methods of Encoder and IndexStore that the core and the transports call.
 
     When a later part fails (the data directory is locked by another server, say), the parts already
     built are closed before the error is raised.
@@ -55,18 +59,19 @@ def build_core(settings: Settings, encoder: Encoder | None = None) -> Core:
                 cache_dir=settings.model_cache_dir,
             )
             closers.append(encoder.close)
-        store = IndexStore(
-            settings.data_dir,
-            encoder,
-            max_documents_per_request=settings.max_documents_per_request,
-            max_queries_per_request=settings.max_texts_per_request,
-            max_text_characters=settings.max_text_characters,
-            max_texts_per_encode=settings.max_texts_per_request,
-            snapshot_every=settings.index_snapshot_every,
-            search_batching=settings.search_batching,
-            max_response_bytes=settings.max_message_bytes,
-        )
-        closers.append(store.close)
+        if store is None:
+            store = IndexStore(
+                settings.data_dir,
+                encoder,
+                max_documents_per_request=settings.max_documents_per_request,
+                max_queries_per_request=settings.max_texts_per_request,
+                max_text_characters=settings.max_text_characters,
+                max_texts_per_encode=settings.max_texts_per_request,
+                snapshot_every=settings.index_snapshot_every,
+                search_batching=settings.search_batching,
+                max_response_bytes=settings.max_message_bytes,
+            )
+            closers.append(store.close)
         info = encoder.info
         vocabulary = DefaultVocabulary(
             encoder,

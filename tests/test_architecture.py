@@ -11,7 +11,8 @@ from pathlib import Path
 SERVICE = Path(__file__).resolve().parent.parent / "service"
 # Transport packages, and the message layer they share; everything else under service/ is the core,
 # which imports neither grpc nor the vecserve stubs.
-GRPC_TRANSPORTS = {"grpc_server", "http_server"}
+# service/cluster's ingress runs the gRPC server inside a Ray Serve replica.
+GRPC_TRANSPORTS = {"grpc_server", "http_server", "cluster"}
 MESSAGE_LAYER = "api"
 GRPC_MODULES = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "vecserve")
 # The message layer and the HTTP transport use the stubs' messages, never grpc itself.

@@ -25,7 +25,8 @@ from service.errors import NotFound
 from service.index.model import Document
 from service.index.store import IndexStore
 
-pytestmark = pytest.mark.slow
+# Ray warns about its own use of deprecated pydantic and Ray Data options.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
 RNG = np.random.default_rng(5)
 GIVEN_VECTOR = RNG.standard_normal(384).round(4).tolist()
 

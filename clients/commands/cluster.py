@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from clients.commands.index import (
     read_options,
     upload_batch_size,
 )
-from clients.commands.serve import add_model_options
+from clients.commands.serve import add_model_options, add_server_options, describe_failure, settings_from_args
 from clients.commands.shared import connect, print_json
 from service.common.document_files import FORMAT_HELP
 
@@ -86,6 +87,61 @@ exit status: {EXIT_ALL_STORED} every document stored; {EXIT_RECORDS_SKIPPED} bad
     add_reader_options(index)
     index.set_defaults(handler=run_index)
 
+    serve = actions.add_parser(
+        "serve",
+        help="serve a sharded data directory on Ray Serve",
+        description="Serve the vecserve.v1 API (gRPC, health, reflection, tokens, TLS, as `vecserve serve`) "
+        "over the shards of DIR: an encoder deployment of R replicas, one deployment per shard and an "
+        "ingress on this node listening on --listen. Runs until SIGTERM or SIGINT. The server options "
+        "can also be set through their VECSERVE_* variables.",
+    )
+    serve.add_argument("--data-dir", required=True, help="the sharded data directory (DIR of cluster index)")
+    serve.add_argument(
+        "--listen", help="HOST:PORT the ingress listens on, on this node (default 127.0.0.1:50051)"
+    )
+    serve.add_argument(
+        "--shards", type=int, metavar="N", help="shards of a new DIR (an existing DIR keeps its own)"
+    )
+    add_ray_options(serve)
+    serve.add_argument("--encoder-replicas", type=int, default=1, help="encoder replicas (default 1)")
+    serve.add_argument(
+        "--max-encoder-replicas",
+        type=int,
+        default=0,
+        help="let Serve scale the encoders with the load, up to this many (default: no autoscaling)",
+    )
+    serve.add_argument(
+        "--cpus-per-encoder", type=float, default=1.0, help="CPUs each encoder reserves (default 1)"
+    )
+    serve.add_argument(
+        "--gpus-per-encoder", type=float, default=0.0, help="GPUs each encoder reserves (default 0)"
+    )
+    serve.add_argument(
+        "--cpus-per-shard", type=float, default=1.0, help="CPUs each shard reserves (default 1)"
+    )
+    serve.add_argument(
+        "--shard-resources",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="custom Ray resources each shard needs, to keep shards on the nodes started with them, e.g. "
+        "'{\"vecserve_shard\": 1}' with `ray start --resources '{\"vecserve_shard\": 1}'`",
+    )
+    serve.add_argument(
+        "--shard-timeout-seconds",
+        type=float,
+        default=30.0,
+        help="a shard that does not answer within this is reported UNAVAILABLE (default 30)",
+    )
+    serve.add_argument(
+        "--encoder-timeout-seconds",
+        type=float,
+        default=120.0,
+        help="an encoder call not answered within this is UNAVAILABLE (default 120)",
+    )
+    add_server_options(serve)
+    serve.set_defaults(handler=run_serve)
+
 
 def add_ray_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -117,9 +173,9 @@ def run_index(args: argparse.Namespace) -> int:
         PoolOptions,
         ShardWriter,
         TooManyErrors,
-        check_output,
         embedded_batches,
     )
+    from service.cluster.manifest import open_manifest
     from service.cluster.runtime import ray_session
     from service.config import settings_from_env
     from service.errors import InvalidSettings, VecserveError
@@ -144,7 +200,7 @@ def run_index(args: argparse.Namespace) -> int:
         settings = settings_from_env(
             model=args.model, device=args.device, backend=args.backend, data_dir=args.out
         )
-        shard_count = check_output(args.out, args.shards) if args.out is not None else 0
+        manifest = open_manifest(args.out, args.shards) if args.out is not None else None
     except InvalidSettings as error:
         return _usage_error(str(error))
     encoder = EncoderOptions(
@@ -164,7 +220,7 @@ def run_index(args: argparse.Namespace) -> int:
         ):
             if args.out is not None:
                 normalize = index.metric is Metric.COSINE
-                writer = ShardWriter(args.out, shard_count, index, settings.model_name_or_path)
+                writer = ShardWriter(args.out, manifest, index, settings.model_name_or_path)
                 try:
                     for batch in embedded_batches(args.inputs, read_options(args), encoder, pool, normalize):
                         for error in batch.errors:
@@ -189,7 +245,9 @@ def run_index(args: argparse.Namespace) -> int:
             {
                 "index": args.index,
                 **(
-                    {"out": str(args.out), "shards": shard_count} if args.out is not None else {"to": args.to}
+                    {"out": str(args.out), "shards": manifest.shard_count}
+                    if args.out is not None
+                    else {"to": args.to}
                 ),
                 "stored": stored,
                 "bad_records": budget.count,
@@ -199,7 +257,7 @@ def run_index(args: argparse.Namespace) -> int:
             }
         )
     else:
-        where = f"{args.out} ({shard_count} shards)" if args.out is not None else args.to
+        where = f"{args.out} ({manifest.shard_count} shards)" if manifest is not None else args.to
         skipped = f"; {budget.count} bad records skipped" if budget.count else ""
         print(
             f"stored {stored} documents in {args.index} at {where} "
@@ -254,3 +312,34 @@ def _stream_to_server(
 
         response = client.stream_upsert(args.index, messages())
     return response.upserted_count, stopped[0] if stopped else None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from service.cluster.manifest import load_manifest
+    from service.cluster.runtime import ray_session
+    from service.cluster.serving import ClusterSettings, serve_cluster
+    from service.errors import InvalidSettings
+
+    try:
+        settings = settings_from_args(args)
+        cluster = ClusterSettings(
+            encoder_replicas=args.encoder_replicas,
+            max_encoder_replicas=args.max_encoder_replicas,
+            cpus_per_encoder=args.cpus_per_encoder,
+            gpus_per_encoder=args.gpus_per_encoder,
+            cpus_per_shard=args.cpus_per_shard,
+            shard_resources=args.shard_resources,
+            shard_timeout_seconds=args.shard_timeout_seconds,
+            encoder_timeout_seconds=args.encoder_timeout_seconds,
+        )
+        manifest = load_manifest(settings.data_dir)
+        shard_count = manifest.shard_count if manifest is not None else args.shards or 1
+        with ray_session(
+            args.ray_address, local_cpus=cluster.cpus_needed + shard_count * cluster.cpus_per_shard
+        ):
+            return serve_cluster(settings, cluster, args.shards)
+    except InvalidSettings as error:
+        print(f"error: invalid settings: {error}", file=sys.stderr)
+    except Exception as error:  # a start-up failure is one line for the operator, never a traceback
+        print(f"error: cannot start: {describe_failure(error)}", file=sys.stderr)
+    return EXIT_STOPPED

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from service.cluster.manifest import ClusterManifest, load_manifest, open_manifest
+from service.cluster.manifest import ClusterManifest
 from service.cluster.routing import shard_name
 from service.cluster.sharded_store import LocalShard, ShardedStore
 from service.common.document_files import InputError, ReadOptions, read_records
@@ -231,39 +231,25 @@ def _embedded(table: pa.Table) -> EmbeddedBatch:
 # Storing into shards
 
 
-def check_output(out_dir: Path, shard_count: int | None) -> int:
-    """The shard count to write with: the directory's own, or `shard_count` for a new directory.
-    Checked before any work starts."""
-    manifest = load_manifest(out_dir)
-    if manifest is None:
-        if shard_count is None:
-            raise InvalidSettings(f"{out_dir} is not a sharded data directory yet: give --shards")
-        if shard_count < 1:
-            raise InvalidSettings(f"--shards must be at least 1, got {shard_count}")
-        return shard_count
-    if shard_count is not None and shard_count != manifest.shard_count:
-        # open_manifest words the refusal.
-        open_manifest(out_dir, shard_count, manifest.model_name, manifest.dimension)
-    return manifest.shard_count
-
-
 class ShardWriter:
     """Stores embedded batches into <out>/shard-<k>, each an IndexStore opened here (and locked).
 
     The index is created on the first batch, when the model's dimension is known, and the manifest
-    records it; re-running upserts by id. Documents a shard refuses (a vector of the wrong dimension,
+    records both; re-running upserts by id. Documents a shard refuses (a vector of the wrong dimension,
     say) are reported with their file and line, counted against the budget, and the rest stored.
     """
 
-    def __init__(self, out_dir: Path, shard_count: int, index: IndexRequest, model_name: str) -> None:
+    def __init__(
+        self, out_dir: Path, manifest: ClusterManifest, index: IndexRequest, model_name: str
+    ) -> None:
         self.out_dir = out_dir
-        self.shard_count = shard_count
+        self.manifest = manifest
         self.index = index
         self.model_name = model_name
-        self.manifest: ClusterManifest | None = None
+        self._created = False
         shards = []
         try:
-            for shard in range(shard_count):
+            for shard in range(manifest.shard_count):
                 shards.append(LocalShard(IndexStore(out_dir / shard_name(shard)), shard_name(shard)))
         except BaseException:
             for opened in shards:
@@ -275,7 +261,7 @@ class ShardWriter:
         """Stores the batch's documents durably; returns how many were stored."""
         if not batch.documents:
             return 0
-        if self.manifest is None:
+        if not self._created:
             self._create_index(model_dimension=len(batch.documents[0].vector))  # type: ignore[arg-type]
         stored = 0
         for start in range(0, len(batch.documents), UPSERT_DOCUMENTS):
@@ -288,7 +274,7 @@ class ShardWriter:
 
     def _create_index(self, model_dimension: int) -> None:
         index = self.index
-        manifest = open_manifest(self.out_dir, self.shard_count, self.model_name, model_dimension)
+        manifest = self.manifest.with_model(self.model_name, model_dimension)
         try:
             info = self.store.create_index(
                 index.name, index.dimension or model_dimension, index.metric, index.kind, index.params
@@ -305,6 +291,7 @@ class ShardWriter:
                 ) from None
         self.manifest = manifest.with_index(info.spec)
         self.manifest.save(self.out_dir)
+        self._created = True
 
     def _upsert(self, documents: list[Document], wheres: list[str], budget: ErrorBudget) -> int:
         while documents:

@@ -32,9 +32,10 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class ClusterManifest:
     shard_count: int
-    # The model whose vectors the shards hold (name as given, and its dimension).
-    model_name: str
-    dimension: int
+    # The model whose vectors the shards hold (its name as given, and its dimension); "" and 0 until
+    # the first documents or the first start of `cluster serve` record it.
+    model_name: str = ""
+    dimension: int = 0
     # Index name -> its settings (IndexSpec.to_json), as created on every shard.
     indexes: dict[str, Any] = field(default_factory=dict)
     hash: str = HASH_NAME
@@ -44,6 +45,23 @@ class ClusterManifest:
 
     def with_index(self, spec: IndexSpec) -> ClusterManifest:
         return dataclasses.replace(self, indexes={**self.indexes, spec.name: json.loads(spec.to_json())})
+
+    def with_model(self, model_name: str, dimension: int) -> ClusterManifest:
+        """The manifest recording the model, when it records none yet. Refuses a model of another
+        dimension than the one recorded; one of another name with the same dimension is only warned
+        about (a path to the same model differs between machines)."""
+        if not self.dimension:
+            return dataclasses.replace(self, model_name=model_name, dimension=dimension)
+        if dimension != self.dimension:
+            raise InvalidSettings(
+                f"the shards hold vectors of dimension {self.dimension} from {self.model_name}; the model "
+                f"{model_name} produces {dimension}"
+            )
+        if Path(model_name).name != Path(self.model_name).name:
+            log.warning(
+                "the shards were indexed with the model %s; now using %s", self.model_name, model_name
+            )
+        return self
 
     def save(self, directory: Path) -> None:
         """Written whole or not at all (temporary file, fsync, rename)."""
@@ -71,35 +89,23 @@ def load_manifest(directory: Path) -> ClusterManifest | None:
     return manifest
 
 
-def open_manifest(
-    directory: Path, shard_count: int | None, model_name: str, dimension: int
-) -> ClusterManifest:
-    """The directory's manifest, created with `shard_count` shards when it has none.
-
-    Refuses another shard count or another dimension than the directory's; a model of another name
-    with the same dimension is only warned about (a path to the same model differs between machines).
-    """
+def open_manifest(directory: Path, shard_count: int | None) -> ClusterManifest:
+    """The directory's manifest, created (and saved) with `shard_count` shards when it has none;
+    refuses another shard count than the directory's."""
     manifest = load_manifest(directory)
     if manifest is None:
         if shard_count is None:
-            raise InvalidSettings(f"{directory} has no {MANIFEST_FILE}: give the number of shards (--shards)")
+            raise InvalidSettings(
+                f"{directory} is not a sharded data directory yet: give the number of shards"
+            )
         if shard_count < 1:
             raise InvalidSettings(f"the number of shards must be at least 1, got {shard_count}")
-        manifest = ClusterManifest(shard_count=shard_count, model_name=model_name, dimension=dimension)
+        manifest = ClusterManifest(shard_count=shard_count)
         manifest.save(directory)
         return manifest
     if shard_count is not None and shard_count != manifest.shard_count:
         raise InvalidSettings(
             f"{directory} holds {manifest.shard_count} shards, not {shard_count}: documents are placed by "
             "crc32(id) % shards, so the count cannot change in place (see 'Resharding' in docs/scale-out.md)"
-        )
-    if dimension != manifest.dimension:
-        raise InvalidSettings(
-            f"{directory} holds vectors of dimension {manifest.dimension} from {manifest.model_name}; the "
-            f"model {model_name} produces {dimension}"
-        )
-    if Path(model_name).name != Path(manifest.model_name).name:
-        log.warning(
-            "%s was indexed with the model %s; now using %s", directory, manifest.model_name, model_name
         )
     return manifest

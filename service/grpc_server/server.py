@@ -87,10 +87,18 @@ def _service_name(descriptor_module: object, service: str) -> str:
     return descriptor_module.DESCRIPTOR.services_by_name[service].full_name  # type: ignore[attr-defined]
 
 
-def create_server(settings: Settings, encoder: Encoder | None = None) -> RunningServer:
-    """Builds the core and starts a server over it on settings.listen ("127.0.0.1:0" picks a free
-    port). A given encoder is shared, not owned: the caller closes it."""
-    # Tokens and certificates are checked before the slow model load, so mistakes show at once.
+@dataclass
+class _FrontDoor:
+    """What every call passes through before the core: metrics, the drain, tokens and TLS."""
+
+    metrics: ServerMetrics
+    drain: Drain
+    interceptors: list[grpc.ServerInterceptor]
+    credentials: grpc.ServerCredentials | None
+
+
+def _front_door(settings: Settings) -> _FrontDoor:
+    """Reads the tokens and certificates, so that mistakes in them show before the core is built."""
     metrics = ServerMetrics()
     drain = Drain()
     # The observer goes first (outermost), so refused calls are logged and counted too.
@@ -102,7 +110,24 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     credentials = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-    core = build_core(settings, encoder)
+    return _FrontDoor(metrics, drain, interceptors, credentials)
+
+
+def create_server(settings: Settings, encoder: Encoder | None = None) -> RunningServer:
+    """Builds the core and starts a server over it on settings.listen ("127.0.0.1:0" picks a free
+    port). A given encoder is shared, not owned: the caller closes it."""
+    front = _front_door(settings)  # before the slow model load
+    return _start(settings, build_core(settings, encoder), front)
+
+
+def serve_core(settings: Settings, core: Core) -> RunningServer:
+    """Starts a server over a core built elsewhere (the cluster ingress's, over remote shards and
+    encoders), with the same interceptors, health, reflection, TLS and limits; stopping the server
+    closes the core."""
+    return _start(settings, core, _front_door(settings))
+
+
+def _start(settings: Settings, core: Core, front: _FrontDoor) -> RunningServer:
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
         options=[
@@ -111,10 +136,10 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
             # A second server on a taken port must fail, not silently share the port's calls.
             ("grpc.so_reuseport", 0),
         ],
-        interceptors=interceptors,
+        interceptors=front.interceptors,
     )
-    metrics.watch_encoder(core.encoder)
-    metrics.watch_store(core.store)
+    front.metrics.watch_encoder(core.encoder)
+    front.metrics.watch_store(core.store)
     calls = calls_over(core)
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(calls.embedding), server)
     index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(calls.index), server)
@@ -132,8 +157,8 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     try:
-        if credentials is not None:
-            port = server.add_secure_port(settings.listen, credentials)
+        if front.credentials is not None:
+            port = server.add_secure_port(settings.listen, front.credentials)
         else:
             port = server.add_insecure_port(settings.listen)
     except RuntimeError as error:
@@ -146,12 +171,12 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         health=health_servicer,
         core=core,
         closers=[core.close],
-        metrics=metrics,
-        drain=drain,
+        metrics=front.metrics,
+        drain=front.drain,
     )
     if settings.metrics_listen is not None:
         try:
-            metrics_server = MetricsHttpServer(metrics, settings.metrics_listen)
+            metrics_server = MetricsHttpServer(front.metrics, settings.metrics_listen)
         except InvalidSettings:
             running.stop(0)
             raise
@@ -160,7 +185,7 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
     if settings.http_listen is not None:
         try:
             http_server = HttpServer(
-                calls, settings, settings.http_listen, CallObserver("http", metrics.http, drain)
+                calls, settings, settings.http_listen, CallObserver("http", front.metrics.http, front.drain)
             )
         except InvalidSettings:
             running.stop(0)
@@ -171,15 +196,14 @@ def create_server(settings: Settings, encoder: Encoder | None = None) -> Running
         "vecserve listening on %s (port %d, %s, %s)",
         settings.listen,
         port,
-        "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+        "mutual TLS" if settings.tls_client_ca else "TLS" if front.credentials else "plaintext",
         "tokens required" if settings.tokens_file else "no authentication",
     )
     return running
 
 
-def serve(settings: Settings) -> int:
-    """Runs the server until SIGTERM or SIGINT, then shuts down gracefully; returns the exit code."""
-    configure_logging(settings.log_format)
+def stop_signal() -> threading.Event:
+    """An event set by the first SIGTERM or SIGINT (the handlers are this process's from now on)."""
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -188,6 +212,13 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    return stop_requested
+
+
+def serve(settings: Settings) -> int:
+    """Runs the server until SIGTERM or SIGINT, then shuts down gracefully; returns the exit code."""
+    configure_logging(settings.log_format)
+    stop_requested = stop_signal()
     running = create_server(settings)
     running.vocabulary.start()  # loads or embeds it in the background, so first calls are fast
     stop_requested.wait()

@@ -603,12 +603,8 @@ def _ask(
     vocabulary: VocabularyChoice,
     progress: _Progress,
 ) -> str | None:
-    """The service's top answer, or None when it refuses the question (in a space: also when a word
-    is not in it, as gensim leaves out such questions)."""
+    """The service's top answer, or None when it refuses the question."""
     first, second, third, _ = question.words
-    refusals = {grpc.StatusCode.INVALID_ARGUMENT} | (
-        {grpc.StatusCode.NOT_FOUND} if vocabulary.space else set()
-    )
     try:
         answers = client.solve_analogy(
             [second, third],
@@ -619,12 +615,27 @@ def _ask(
             space=vocabulary.space,
         )
     except grpc.RpcError as error:
-        if error.code() not in refusals:  # type: ignore[attr-defined]
+        if error.code() != grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
             raise
         return None
     finally:
         progress.step()
     return answers[0].word if answers else None
+
+
+def held_words(
+    client: VecserveClient, words: Sequence[str], vocabulary: VocabularyChoice
+) -> tuple[int, set[str]]:
+    """The vocabulary's size and which of `words` it holds; NOT_FOUND when it does not exist."""
+    words = list(dict.fromkeys(words))
+    held: set[str] = set()
+    word_count = 0
+    for start in range(0, max(len(words), 1), MAX_LOOKUP_WORDS):
+        chunk = words[start : start + MAX_LOOKUP_WORDS]
+        description = client.get_vocabulary(chunk, vocabulary_index=vocabulary.index, space=vocabulary.space)
+        held |= {word for word, contained in zip(chunk, description.contains, strict=True) if contained}
+        word_count = description.word_count
+    return word_count, held
 
 
 def evaluate_analogies(
@@ -634,19 +645,28 @@ def evaluate_analogies(
     vocabulary: VocabularyChoice = VocabularyChoice(),
     workers: int = EVAL_WORKERS,
 ) -> dict[str, Any]:
-    """Asks the service every question (concurrently) and scores the top answers per section."""
-    expected = list(dict.fromkeys(q.answer for q in questions))
-    # Also checks that the vocabulary exists before any question is asked.
-    description = client.get_vocabulary(expected, vocabulary_index=vocabulary.index, space=vocabulary.space)
-    in_vocabulary = {word for word, held in zip(expected, description.contains, strict=True) if held}
+    """Asks the service every question (concurrently) and scores the top answers per section.
+
+    In a space, a question with a word outside it is refused without being asked: the space cannot
+    look the word up (gensim's evaluation leaves such questions out, and so does covered_accuracy).
+    """
+    looked_up = [word for q in questions for word in (q.words if vocabulary.space else (q.answer,))]
+    word_count, held = held_words(client, looked_up, vocabulary)
     progress = _Progress(len(questions))
+
+    def answer(question: AnalogyQuestion) -> str | None:
+        if vocabulary.space and not all(word in held for word in question.words[:3]):
+            progress.step()
+            return None
+        return _ask(client, question, method, vocabulary, progress)
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        answers = list(pool.map(lambda q: _ask(client, q, method, vocabulary, progress), questions))
-    scores = score_analogies(questions, answers, in_vocabulary)
+        answers = list(pool.map(answer, questions))
+    scores = score_analogies(questions, answers, held)
     return {
         "method": method,
         "vocabulary": vocabulary.name,
-        "vocabulary_words": description.word_count,
+        "vocabulary_words": word_count,
         "sections": {name: score.as_dict() for name, score in scores.sections.items()},
         "total": scores.total.as_dict(),
     }
@@ -702,19 +722,9 @@ def evaluate_similarity(
     """Spearman correlation of the gold scores with the service's pair similarities, and the number
     of pairs it is over: in a space, pairs with a word outside it are left out (as gensim does)."""
     if vocabulary.space:
-        words = list(dict.fromkeys(word for pair in pairs for word in (pair.first, pair.second)))
-        held = {
-            word
-            for start in range(0, len(words), MAX_LOOKUP_WORDS)
-            for word, contained in zip(
-                words[start : start + MAX_LOOKUP_WORDS],
-                client.get_vocabulary(
-                    words[start : start + MAX_LOOKUP_WORDS], space=vocabulary.space
-                ).contains,
-                strict=True,
-            )
-            if contained
-        }
+        _, held = held_words(
+            client, [word for pair in pairs for word in (pair.first, pair.second)], vocabulary
+        )
         pairs = [pair for pair in pairs if pair.first in held and pair.second in held]
     if len(pairs) < 2:
         return 0.0, len(pairs)

@@ -1,4 +1,5 @@
-"""`vecserve index create|list|get|delete`, `vecserve add` and `vecserve search`: the IndexService."""
+"""`vecserve index create|list|get|delete|import-vectors`, `vecserve add`, `vecserve search`: the
+IndexService."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from vecserve.v1 import index_pb2
 
 from clients.client import make_document, metadata_value, python_value
+from clients.commands import word_vectors
 from clients.commands.shared import connect, print_json
 from service.common import document_files
 from service.common.document_files import FORMAT_HELP, FORMATS, InputError, ReadOptions, cell_value
@@ -64,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(handler=run_delete)
+
+    word_vectors.register_import(actions, common)
 
     add = subparsers.add_parser(
         "add",

@@ -13,12 +13,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import service  # noqa: F401 - applies the server's threading defaults: both sides of a comparison run with them
 from clients import VecserveClient
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+Connection = TypeVar("Connection", bound=Closable)
 
 
 @dataclass
@@ -129,11 +136,22 @@ def concurrent_calls(
     call: Callable[[VecserveClient, Any], object],
     after_warm_up: Callable[[], object] | None = None,
 ) -> tuple[float, float, float]:
-    """items/s, p50 and p99 latency (ms) of `clients` threads, each with its own connection, making
+    """items/s, p50 and p99 latency (ms) of `clients` threads, each with its own gRPC connection, making
     one call per item (after one warm-up call each; `after_warm_up` runs just before the timed part)."""
+    connections = [VecserveClient(address, timeout=600) for _ in range(clients)]
+    return concurrent_calls_over(connections, items, call, after_warm_up)
+
+
+def concurrent_calls_over(
+    connections: Sequence[Connection],
+    items: Sequence[Any],
+    call: Callable[[Connection, Any], object],
+    after_warm_up: Callable[[], object] | None = None,
+) -> tuple[float, float, float]:
+    """As concurrent_calls, over any connections (one thread each), which are closed at the end."""
+    clients = len(connections)
     latencies: list[float] = []
     lock = threading.Lock()
-    connections = [VecserveClient(address, timeout=600) for _ in range(clients)]
     try:
         for connection in connections:
             call(connection, items[0])
@@ -157,3 +175,20 @@ def concurrent_calls(
         for connection in connections:
             connection.close()
     return len(items) / elapsed, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+
+
+def sequential_call_ms(
+    calls: dict[str, Callable[[], object]], count: int, rounds: int = 5
+) -> dict[str, float]:
+    """Milliseconds per call of each callable, called `count` times in a row; the calls take turns
+    round by round and the best round counts, so drift on a shared machine hits all alike."""
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(20):  # warm-up
+                call()
+            began = time.perf_counter()
+            for _ in range(count):
+                call()
+            best[name] = min(best[name], (time.perf_counter() - began) / count * 1000)
+    return best

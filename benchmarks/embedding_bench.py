@@ -9,12 +9,18 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.common import Report, concurrent_calls, gpu_available, median, short_texts
+from benchmarks.common import (
+    Report,
+    concurrent_calls,
+    gpu_available,
+    median,
+    sequential_call_ms,
+    short_texts,
+)
 from clients import VecserveClient
 from clients.local_server import ServerProcess
 
@@ -73,23 +79,6 @@ def median_run(runs: list[tuple[float, float, float]]) -> tuple[float, float, fl
 
 def embed_one(client: VecserveClient, text: str) -> None:
     client.embed([text])
-
-
-def sequential_call_ms(
-    calls: dict[str, Callable[[], object]], count: int, rounds: int = 5
-) -> dict[str, float]:
-    """Milliseconds per call of each callable, called `count` times in a row; the calls take turns
-    round by round and the best round counts, so drift on a shared machine hits all alike."""
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(rounds):
-        for name, call in calls.items():
-            for _ in range(20):  # warm-up
-                call()
-            began = time.perf_counter()
-            for _ in range(count):
-                call()
-            best[name] = min(best[name], (time.perf_counter() - began) / count * 1000)
-    return best
 
 
 def per_call_overhead(report: Report, count: int) -> None:

@@ -27,6 +27,10 @@ def test_tiny_benchmark_run_writes_json(tmp_path: Path) -> None:
     payload = json.loads(out.read_text())
     assert payload["size"] == "tiny"
     names = {row["name"] for row in payload["results"]}
-    assert "gRPC / in-process" in names
+    assert {
+        "gRPC / in-process",
+        "per-call floor: HTTP/JSON / gRPC",
+        "Embed batches: HTTP/JSON / gRPC",
+    } <= names
     assert all(row["value"] > 0 for row in payload["results"] if row["unit"] in ("ratio", "texts/s"))
     assert "ratio" in result.stdout

@@ -6,8 +6,8 @@ For each vocabulary size: accuracy on gensim's questions-words.txt (19,544 quest
 whose answer cannot be produced counts as wrong) for 3CosMul and 3CosAdd, per section for the
 default method; the same accuracies in process with the textbook (gensim) formulas beside the
 default scoring; Spearman correlation on WordSim353 and SimLex-999; latency of one analogy query
-(end to end through gRPC, and in the engine alone). Vocabularies are kept in --data-dir, so a
-second run does not embed them again.
+(end to end through gRPC, and in the engine alone), of CompareRelations and of FindRelatedPairs.
+Vocabularies are kept in --data-dir, so a second run does not embed them again.
 """
 
 from __future__ import annotations
@@ -140,6 +140,18 @@ def bench_size(
                 print(f"similarity {name}: Spearman {correlation:.4f} ({len(pairs)} pairs)")
             median, p95 = latency_ms(lambda: client.solve_analogy(["king", "woman"], ["man"], k=10))
             print(f"latency of one analogy through gRPC: median {median:.1f} ms, p95 {p95:.1f} ms")
+            median, p95 = latency_ms(
+                lambda: client.compare_relations(("man", "king"), [("woman", "queen")] * 8)
+            )
+            print(
+                f"latency of CompareRelations, 8 candidates (percentiles and ranks) through gRPC: median "
+                f"{median:.1f} ms, p95 {p95:.1f} ms"
+            )
+            median, p95 = latency_ms(lambda: client.find_related_pairs(("man", "king"), k=10), calls=20)
+            print(
+                "latency of FindRelatedPairs (default bound: 1,000 first words x 50 neighbours) through "
+                f"gRPC: median {median:.1f} ms, p95 {p95:.1f} ms"
+            )
         engine = AnalogyEngine(encoder, running.vocabulary)
         median, p95 = latency_ms(
             lambda: engine.solve_analogy(["king", "woman"], ["man"], AnalogyMethod.COSMUL, k=10)

@@ -80,7 +80,7 @@ def batched_rates(embeds: dict[str, Callable[[list[str]], None]], texts: list[st
 
 
 def run(report: Report) -> None:
-    floor_calls = {"tiny": 50, "quick": 300, "full": 2000}[report.size]
+    floor_calls = {"tiny": 50, "quick": 200, "full": 2000}[report.size]
     batched_texts = short_texts(report.pick(tiny=64, quick=192, full=1024), seed=5)
     concurrent_texts = short_texts(report.pick(tiny=64, quick=160, full=1280), seed=13)
     http_port = free_port()
@@ -112,7 +112,7 @@ def run(report: Report) -> None:
                     ).json(),
                 },
                 floor_calls,
-                rounds=3,
+                rounds=5,
             )
             report.add(section, f"gRPC GetModelInfo ({floor_calls} in a row)", ms["grpc"], "ms")
             report.add(

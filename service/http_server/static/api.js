@@ -28,9 +28,17 @@ const CODE_WORDS = {
 };
 
 // Connect's codes for HTTP statuses, for answers without a Connect error body (a proxy's, say).
-const HTTP_CODES = { 400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
-  404: "unimplemented", 408: "deadline_exceeded", 429: "unavailable", 502: "unavailable",
-  503: "unavailable", 504: "unavailable" };
+const HTTP_CODES = {
+  400: "invalid_argument",
+  401: "unauthenticated",
+  403: "permission_denied",
+  404: "unimplemented",
+  408: "deadline_exceeded",
+  429: "unavailable",
+  502: "unavailable",
+  503: "unavailable",
+  504: "unavailable",
+};
 
 export class CallError extends Error {
   constructor(code, message) {

@@ -9,7 +9,8 @@ import { cosine, project2d } from "./pca.js";
 const TYPING_PAUSE_MS = 350;
 const ANALOGY_ANSWERS = 10;
 const METHOD_NAMES = {
-  ANALOGY_METHOD_COSMUL: "3CosMul (Levy & Goldberg 2014): the product of shifted cosines to b and c over that to a",
+  ANALOGY_METHOD_COSMUL:
+    "3CosMul (Levy & Goldberg 2014): the product of shifted cosines to b and c over that to a",
   ANALOGY_METHOD_COSADD: "3CosAdd: cos(x, b) − cos(x, a) + cos(x, c)",
 };
 const KIND_NAMES = {
@@ -25,7 +26,11 @@ const METRIC_NAMES = {
   METRIC_L2: "squared L2 distance (lower is closer)",
 };
 // The search setting each index kind takes per request.
-const KIND_SETTINGS = { INDEX_KIND_HNSW: "ef_search", INDEX_KIND_IVF_FLAT: "nprobe", INDEX_KIND_IVF_PQ: "nprobe" };
+const KIND_SETTINGS = {
+  INDEX_KIND_HNSW: "ef_search",
+  INDEX_KIND_IVF_FLAT: "nprobe",
+  INDEX_KIND_IVF_PQ: "nprobe",
+};
 const NUMBER = /^-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?$/;
 const FILTER = /^([^=<>]+?)\s*(>=|<=|>|<|=)\s*(.*)$/s;
 const RANGE_FIELDS = { ">": "gt", ">=": "gte", "<": "lt", "<=": "lte" };
@@ -66,7 +71,11 @@ function bar(fraction) {
 /** How the server writes a word before comparing it: NFKC, single spaces, lower case. */
 const normalizeWord = (word) => word.normalize("NFKC").split(/\s+/).filter(Boolean).join(" ").toLowerCase();
 
-const splitList = (text) => text.split(/[,\n]/).map((item) => item.trim()).filter(Boolean);
+const splitList = (text) =>
+  text
+    .split(/[,\n]/)
+    .map((item) => item.trim())
+    .filter(Boolean);
 
 /** "first:second" items (commas or new lines between them); an item without ":" is an input error. */
 function parsePairs(text) {
@@ -115,12 +124,16 @@ function parseFilter(lines) {
   const conditions = lines.map((line) => {
     const match = FILTER.exec(line.trim());
     if (!match || !match[1].trim()) {
-      throw new CallError("invalid_argument", `cannot read the filter "${line}": use key=value, key=a,b or key>=number`);
+      throw new CallError(
+        "invalid_argument",
+        `cannot read the filter "${line}": use key=value, key=a,b or key>=number`,
+      );
     }
     const [, rawKey, operator, raw] = match;
     const key = rawKey.trim();
     if (operator in RANGE_FIELDS) {
-      if (!NUMBER.test(raw.trim())) throw new CallError("invalid_argument", `the filter "${line}": ${operator} needs a number`);
+      if (!NUMBER.test(raw.trim()))
+        throw new CallError("invalid_argument", `the filter "${line}": ${operator} needs a number`);
       return { key, range: { [RANGE_FIELDS[operator]]: Number(raw) } };
     }
     const values = filterValues(raw);
@@ -189,7 +202,12 @@ const VIEWS = {
           `${a} : ${b} :: ${c} : `,
           el("strong", { class: "answer", text: answers[0]?.word ?? "?" }),
         ),
-        el("p", { class: "method muted" }, "Scored by ", el("span", { class: "method-name", text: METHOD_NAMES[answer.method] ?? answer.method })),
+        el(
+          "p",
+          { class: "method muted" },
+          "Scored by ",
+          el("span", { class: "method-name", text: METHOD_NAMES[answer.method] ?? answer.method }),
+        ),
         table(["#", "word", "score", ""], scoredWordRows(answers), "scores"),
       ];
     },
@@ -260,13 +278,19 @@ const VIEWS = {
         second: normalizeWord(second),
       }));
       const words = [
-        ...new Set([...splitList(p.get("words") ?? "").map(normalizeWord), ...pairs.flatMap((pair) => [pair.first, pair.second])]),
+        ...new Set([
+          ...splitList(p.get("words") ?? "").map(normalizeWord),
+          ...pairs.flatMap((pair) => [pair.first, pair.second]),
+        ]),
       ];
-      if (words.length < 2) throw new CallError("invalid_argument", "give at least two words to place on the map");
+      if (words.length < 2)
+        throw new CallError("invalid_argument", "give at least two words to place on the map");
       const vocabulary = await vocabularyCall("AnalogyService", "GetVocabulary", {}, progress);
       // The vectors the analogy answers come from: each word written as the server writes it.
       const template = vocabulary.wordTemplate ?? "{}";
-      const embedded = await call("EmbeddingService", "Embed", { texts: words.map((word) => template.split("{}").join(word)) });
+      const embedded = await call("EmbeddingService", "Embed", {
+        texts: words.map((word) => template.split("{}").join(word)),
+      });
       const vectors = embedded.embeddings.map((embedding) => embedding.values);
       const { points, explained } = project2d(vectors);
       const position = new Map(words.map((word, i) => [word, points[i]]));
@@ -280,17 +304,23 @@ const VIEWS = {
           el("td", { class: "score", text: i === 0 ? "—" : score(cosine(offset(pair), offset(pairs[0]))) }),
         ),
       );
+      const [across, up] = explained.map((share) => `${(share * 100).toFixed(0)}%`);
+      const written = template.split("{}").join("word");
       const caption = el(
         "p",
         { class: "muted" },
-        `Principal components of the ${words.length} words' vectors, embedded as ${template.split("{}").join("word")}: ` +
-          `the horizontal axis keeps ${(explained[0] * 100).toFixed(0)}% of their variance, the vertical ${(explained[1] * 100).toFixed(0)}%.`,
+        `Principal components of the ${words.length} words' vectors, embedded as ${written}: ` +
+          `the horizontal axis keeps ${across} of their variance, the vertical ${up}.`,
       );
       return [
         drawMap(words, position, pairs),
         caption,
         pairs.length > 1
-          ? table(["pair", `offset cosine with ${pairs[0].first} → ${pairs[0].second} (all dimensions)`], rows, "scores pairs")
+          ? table(
+              ["pair", `offset cosine with ${pairs[0].first} → ${pairs[0].second} (all dimensions)`],
+              rows,
+              "scores pairs",
+            )
           : null,
       ].filter(Boolean);
     },
@@ -312,7 +342,9 @@ const VIEWS = {
           "p",
           { class: "muted token-count" },
           `${tokens.length} tokens, ${tokens.filter((item) => item.special).length} of them special.`,
-          result.exceedsMaxLength ? " Longer than the model's maximum: Embed would cut it (or refuse it without truncate)." : "",
+          result.exceedsMaxLength
+            ? " Longer than the model's maximum: Embed would cut it (or refuse it without truncate)."
+            : "",
         ),
         table(
           ["#", "token", "id", "offsets"],
@@ -321,9 +353,17 @@ const VIEWS = {
               "tr",
               { class: item.special ? "special" : null },
               el("td", { class: "rank", text: String(i) }),
-              el("td", { class: "token" }, el("code", { text: item.text }), item.special ? el("span", { class: "tag", text: "special" }) : null),
+              el(
+                "td",
+                { class: "token" },
+                el("code", { text: item.text }),
+                item.special ? el("span", { class: "tag", text: "special" }) : null,
+              ),
               el("td", { class: "id", text: String(item.id ?? 0) }),
-              el("td", { class: "offsets", text: item.special ? "—" : `${item.start ?? 0}–${item.end ?? 0}` }),
+              el("td", {
+                class: "offsets",
+                text: item.special ? "—" : `${item.start ?? 0}–${item.end ?? 0}`,
+              }),
             ),
           ),
           "tokens",
@@ -338,7 +378,11 @@ const VIEWS = {
     ready: (p) => p.get("index") && p.get("q"),
     hint: "Choose an index and type what to look for.",
     async run(p) {
-      const request = { indexName: p.get("index"), queries: [{ text: p.get("q") }], k: Number(p.get("k") || 10) };
+      const request = {
+        indexName: p.get("index"),
+        queries: [{ text: p.get("q") }],
+        k: Number(p.get("k") || 10),
+      };
       const filters = p.getAll("filter");
       if (filters.length) request.filter = parseFilter(filters);
       if (p.get("ef_search")) request.efSearch = Number(p.get("ef_search"));
@@ -347,17 +391,32 @@ const VIEWS = {
       const hits = answer.results?.[0]?.hits ?? [];
       if (!hits.length) return [el("p", { class: "headline", text: "No document matches." })];
       return [
-        el("ol", { class: "hits" }, ...hits.map((hit) =>
-          el(
-            "li",
-            { class: "hit" },
-            el("div", { class: "hit-head" }, el("span", { class: "hit-id", text: hit.id }), el("span", { class: "score", text: score(hit.score) })),
-            hit.text ? el("p", { class: "hit-text", text: hit.text }) : null,
-            el("div", { class: "metadata" }, ...Object.entries(hit.metadata ?? {}).sort().map(([key, value]) =>
-              el("span", { class: "chip", text: `${key}=${metadataText(value)}` }),
-            )),
+        el(
+          "ol",
+          { class: "hits" },
+          ...hits.map((hit) =>
+            el(
+              "li",
+              { class: "hit" },
+              el(
+                "div",
+                { class: "hit-head" },
+                el("span", { class: "hit-id", text: hit.id }),
+                el("span", { class: "score", text: score(hit.score) }),
+              ),
+              hit.text ? el("p", { class: "hit-text", text: hit.text }) : null,
+              el(
+                "div",
+                { class: "metadata" },
+                ...Object.entries(hit.metadata ?? {})
+                  .sort()
+                  .map(([key, value]) =>
+                    el("span", { class: "chip", text: `${key}=${metadataText(value)}` }),
+                  ),
+              ),
+            ),
           ),
-        )),
+        ),
       ];
     },
   },
@@ -371,14 +430,29 @@ function drawMap(words, position, pairs) {
   const ys = words.map((word) => position.get(word)[1]);
   const [minX, maxX, minY, maxY] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   // One scale for both axes: angles, and so parallel arrows, are kept.
-  const scale = Math.min((width - 2 * padding) / Math.max(maxX - minX, 1e-9), (height - 2 * padding) / Math.max(maxY - minY, 1e-9));
+  const scale = Math.min(
+    (width - 2 * padding) / Math.max(maxX - minX, 1e-9),
+    (height - 2 * padding) / Math.max(maxY - minY, 1e-9),
+  );
   const place = (word) => {
     const [x, y] = position.get(word);
     return [width / 2 + (x - (minX + maxX) / 2) * scale, height / 2 - (y - (minY + maxY) / 2) * scale];
   };
   const markers = pairs.map((_, i) =>
-    svg("marker", { id: `arrow-${i % 8}`, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse", class: `pair-${i % 8}` },
-      svg("path", { d: "M0,0 L10,5 L0,10 z" })),
+    svg(
+      "marker",
+      {
+        id: `arrow-${i % 8}`,
+        viewBox: "0 0 10 10",
+        refX: 9,
+        refY: 5,
+        markerWidth: 7,
+        markerHeight: 7,
+        orient: "auto-start-reverse",
+        class: `pair-${i % 8}`,
+      },
+      svg("path", { d: "M0,0 L10,5 L0,10 z" }),
+    ),
   );
   const arrows = pairs.map((pair, i) => {
     const [x1, y1] = place(pair.first);
@@ -386,8 +460,12 @@ function drawMap(words, position, pairs) {
     const length = Math.hypot(x2 - x1, y2 - y1) || 1;
     const shorten = Math.min(9, length / 3); // stop at the point's edge, not on its centre
     return svg("line", {
-      x1, y1, x2: x2 - ((x2 - x1) / length) * shorten, y2: y2 - ((y2 - y1) / length) * shorten,
-      class: `arrow pair-${i % 8}`, "marker-end": `url(#arrow-${i % 8})`,
+      x1,
+      y1,
+      x2: x2 - ((x2 - x1) / length) * shorten,
+      y2: y2 - ((y2 - y1) / length) * shorten,
+      class: `arrow pair-${i % 8}`,
+      "marker-end": `url(#arrow-${i % 8})`,
       "data-pair": `${pair.first}:${pair.second}`,
     });
   });
@@ -398,12 +476,25 @@ function drawMap(words, position, pairs) {
   const points = words.map((word) => {
     const [x, y] = place(word);
     const colour = inPair.has(word) ? `pair-${inPair.get(word)}` : "lone";
-    return svg("g", { class: `point ${colour}`, "data-word": word },
+    return svg(
+      "g",
+      { class: `point ${colour}`, "data-word": word },
       svg("circle", { cx: x, cy: y, r: 5 }, svg("title", { text: word })),
-      svg("text", { x: x + 8, y: y - 8, class: "label", text: word }));
+      svg("text", { x: x + 8, y: y - 8, class: "label", text: word }),
+    );
   });
-  return svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "map", role: "img", "aria-label": `Map of ${words.join(", ")}` },
-    svg("defs", {}, ...markers), ...arrows, ...points);
+  return svg(
+    "svg",
+    {
+      viewBox: `0 0 ${width} ${height}`,
+      class: "map",
+      role: "img",
+      "aria-label": `Map of ${words.join(", ")}`,
+    },
+    svg("defs", {}, ...markers),
+    ...arrows,
+    ...points,
+  );
 }
 
 /** The text with each token's span marked (offsets count code points, as the server's do). */
@@ -411,12 +502,20 @@ function highlightTokens(text, tokens) {
   const characters = Array.from(text);
   const line = el("p", { class: "token-text" });
   let at = 0;
-  tokens.filter((item) => !item.special).forEach((item, i) => {
-    const [start, end] = [item.start ?? 0, item.end ?? 0];
-    if (start > at) line.append(characters.slice(at, start).join(""));
-    line.append(el("mark", { class: `tok tok-${i % 2}`, title: `${item.text} (id ${item.id ?? 0})`, text: characters.slice(start, end).join("") }));
-    at = Math.max(at, end);
-  });
+  tokens
+    .filter((item) => !item.special)
+    .forEach((item, i) => {
+      const [start, end] = [item.start ?? 0, item.end ?? 0];
+      if (start > at) line.append(characters.slice(at, start).join(""));
+      line.append(
+        el("mark", {
+          class: `tok tok-${i % 2}`,
+          title: `${item.text} (id ${item.id ?? 0})`,
+          text: characters.slice(start, end).join(""),
+        }),
+      );
+      at = Math.max(at, end);
+    });
   line.append(characters.slice(at).join(""));
   return line;
 }
@@ -435,10 +534,21 @@ function formParams(name) {
   for (const [field, kind] of Object.entries(view.fields)) {
     const value = fields[field].value.trim();
     if (kind === "repeated") {
-      for (const line of value.split("\n").map((item) => item.trim()).filter(Boolean)) params.append(field, line);
-    }
-    else if (kind === "lines") {
-      const items = value.split("\n").map((line) => line.split(":").map((part) => part.trim()).join(":")).filter(Boolean);
+      for (const line of value
+        .split("\n")
+        .map((item) => item.trim())
+        .filter(Boolean))
+        params.append(field, line);
+    } else if (kind === "lines") {
+      const items = value
+        .split("\n")
+        .map((line) =>
+          line
+            .split(":")
+            .map((part) => part.trim())
+            .join(":"),
+        )
+        .filter(Boolean);
       if (items.length) params.set(field, items.join(","));
     } else if (kind === "list") {
       const items = splitList(value);
@@ -454,11 +564,18 @@ function fillForm(name, params) {
   for (const [field, kind] of Object.entries(view.fields)) {
     const input = fields[field];
     if (kind === "repeated") input.value = params.getAll(field).join("\n");
-    else if (kind === "lines") input.value = splitList(params.get(field) ?? "").map((item) => item.replace(":", " : ")).join("\n");
+    else if (kind === "lines")
+      input.value = splitList(params.get(field) ?? "")
+        .map((item) => item.replace(":", " : "))
+        .join("\n");
     else if (kind === "list") input.value = splitList(params.get(field) ?? "").join(", ");
     else {
       const value = params.get(field) ?? view.defaults?.[field] ?? "";
-      if (input.tagName === "SELECT" && value && ![...input.options].some((option) => option.value === value)) {
+      if (
+        input.tagName === "SELECT" &&
+        value &&
+        ![...input.options].some((option) => option.value === value)
+      ) {
         input.append(el("option", { value, text: value }));
       }
       input.value = value;
@@ -513,7 +630,12 @@ async function runView(name, params) {
     onWait: (message) => {
       if (!isCurrent()) return;
       result(name).querySelector(".working")?.remove();
-      result(name).prepend(el("p", { class: "working muted", text: `The server is still building its vocabulary: ${message}. This page asks again by itself.` }));
+      result(name).prepend(
+        el("p", {
+          class: "working muted",
+          text: `The server is still building its vocabulary: ${message}. This page asks again by itself.`,
+        }),
+      );
     },
   };
   try {
@@ -521,9 +643,11 @@ async function runView(name, params) {
     if (isCurrent()) setResult(name, "ready", forQuery, ...content);
   } catch (error) {
     if (!isCurrent()) return;
-    const failure = error instanceof CallError ? error : new CallError("internal", String(error?.message ?? error));
+    const failure =
+      error instanceof CallError ? error : new CallError("internal", String(error?.message ?? error));
     setResult(name, "error", forQuery, el("p", { class: "error", role: "alert", text: failure.words }));
-    if (failure.code === "unauthenticated") askForToken(failure.message, () => runView(name, formParams(name)));
+    if (failure.code === "unauthenticated")
+      askForToken(failure.message, () => runView(name, formParams(name)));
   }
 }
 
@@ -577,10 +701,14 @@ async function loadIndexes() {
   }
   indexes = new Map(found.map((index) => [index.name, index]));
   const chosen = select.value;
-  select.replaceChildren(el("option", { value: "", text: found.length ? "choose an index" : "no index yet" }));
-  for (const name of new Set([...indexes.keys(), chosen].filter(Boolean))) select.append(el("option", { value: name, text: name }));
+  select.replaceChildren(
+    el("option", { value: "", text: found.length ? "choose an index" : "no index yet" }),
+  );
+  for (const name of new Set([...indexes.keys(), chosen].filter(Boolean)))
+    select.append(el("option", { value: name, text: name }));
   select.value = chosen;
-  if (!found.length) info.textContent = "This server has no index yet: create one (vecserve index create) and add documents.";
+  if (!found.length)
+    info.textContent = "This server has no index yet: create one (vecserve index create) and add documents.";
   showIndexSettings();
 }
 
@@ -594,8 +722,11 @@ function showIndexSettings() {
     label.hidden = index ? label.dataset.setting !== setting && !input.value : false;
   }
   if (index) {
+    const kind = KIND_NAMES[index.kind] ?? index.kind;
+    const scoring = METRIC_NAMES[index.metric] ?? index.metric;
     section("search").querySelector(".index-info").textContent =
-      `${index.name}: ${KIND_NAMES[index.kind] ?? index.kind}, ${index.documentCount ?? 0} documents of ${index.dimension} dimensions, scored by ${METRIC_NAMES[index.metric] ?? index.metric}.`;
+      `${index.name}: ${kind}, ${index.documentCount ?? 0} documents of ${index.dimension} dimensions, ` +
+      `scored by ${scoring}.`;
   }
 }
 
@@ -623,7 +754,9 @@ function setUpTokenDialog() {
   });
   const button = document.getElementById("token-button");
   button.hidden = !token.get();
-  button.addEventListener("click", () => askForToken("Give another token, or cancel to keep the one in use."));
+  button.addEventListener("click", () =>
+    askForToken("Give another token, or cancel to keep the one in use."),
+  );
 }
 
 // -- start ------------------------------------------------------------------------------------------
@@ -651,7 +784,8 @@ function start() {
     const name = viewOfPath(url.pathname);
     event.preventDefault();
     // A tab keeps the inputs its view had; an example link brings its own.
-    const params = link.dataset.view && !url.search ? (lastQuery[name] ?? new URLSearchParams()) : url.searchParams;
+    const params =
+      link.dataset.view && !url.search ? (lastQuery[name] ?? new URLSearchParams()) : url.searchParams;
     history.pushState(null, "", urlOf(name, params));
     showView(name, params);
   });

@@ -194,7 +194,10 @@ def embedded_batches(
         compute=ray.data.TaskPoolStrategy(size=min(len(inputs), READ_TASKS)),
         label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
     )
-    embedded = records.map_batches(
+    # A file is one block as read; cut into blocks of one batch, the actors share its work, and
+    # batches come back (and are stored) as they are done.
+    batches = records.repartition(target_num_rows_per_block=pool.batch_size)
+    embedded = batches.map_batches(
         EncoderActor,
         fn_constructor_kwargs={"options": encoder, "normalize": normalize},
         compute=ray.data.ActorPoolStrategy(size=pool.actors),

@@ -72,7 +72,9 @@ def filter_query(conditions: Sequence[Condition]) -> tuple[str, list[object]]:
                 )
             by_kind: dict[str, list[object]] = {}
             for value_position, value in enumerate(values):
-                kind, stored = typed_value(check_metadata_value(value, f"{where}.any_of.values[{value_position}]"))
+                kind, stored = typed_value(
+                    check_metadata_value(value, f"{where}.any_of.values[{value_position}]")
+                )
                 by_kind.setdefault(kind, []).append(stored)
             alternatives = []
             parameters.append(condition.key)

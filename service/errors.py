@@ -34,7 +34,8 @@ class FailedPrecondition(VecserveError):
 
 
 class Unavailable(VecserveError):
-    """The server cannot take the call now (it is shutting down); a retry elsewhere or later may succeed."""
+    """The server cannot take the call now (it is shutting down, or a shard or encoder replica of the
+    cluster it needs is down, named in the message); a retry elsewhere or later may succeed."""
 
 
 class Cancelled(VecserveError):

@@ -5,6 +5,8 @@ bearer-token roles, health and reflection without a token, and TLS."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from service.index.store import IndexStore
 from tests.certs import CertificateAuthority
 from tests.rpcs import Rpc, all_rpcs, outcome, served_services
 from tests.test_auth import INDEX, READ_TOKEN, REQUESTS, TOKENS, WRITE_TOKEN, metadata_for, write_tokens_file
+from tests.test_node_client import node_client, run_node  # noqa: F401 - node_client is a fixture
 
 # Ray warns about its own use of deprecated pydantic and Ray Data options.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
@@ -246,3 +249,45 @@ def test_plaintext_is_refused(cluster: ClusterServer) -> None:
     ):
         client.model_info()
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="needs node and npm")
+def test_the_node_client_works_against_the_cluster(
+    node_client: Path,  # noqa: F811 - the fixture of tests/test_node_client.py
+    cluster: ClusterServer,
+    ca: CertificateAuthority,
+) -> None:
+    result = run_node(
+        node_client, address(cluster), "--ca-file", str(ca.cert_path), "--token", READ_TOKEN, "info"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["dimension"] == DIMENSION
+
+
+@pytest.mark.skipif(shutil.which("npx") is None, reason="buf curl needs npx (Node.js)")
+def test_buf_curl_works_against_the_cluster_through_reflection(
+    cluster: ClusterServer, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [
+            "npx",
+            "-y",
+            "@bufbuild/buf",
+            "curl",
+            "--protocol",
+            "grpc",
+            "--cacert",
+            str(ca.cert_path),
+            "-H",
+            f"Authorization: Bearer {READ_TOKEN}",
+            "-d",
+            '{"texts": ["hello world"]}',
+            f"https://{address(cluster)}/vecserve.v1.EmbeddingService/Embed",
+        ],
+        cwd=tmp_path,  # no .proto files to fall back on: reflection is the only source
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["embeddings"][0]["values"]) == DIMENSION

@@ -23,23 +23,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from clients import VecserveClient
 from clients.commands.analogy import evaluate_analogies, evaluate_similarity, print_analogy_report
-from service.analogy.engine import (
-    DEFAULT_SCORING,
-    TEXTBOOK_SCORING,
-    AnalogyEngine,
-    AnalogyMethod,
-    AnalogyScoring,
-    Vocabulary,
-    normalize_word,
-    score_similarities,
-    top_k,
-)
+from service.analogy.engine import AnalogyEngine
 from service.analogy.evaluation import (
     AnalogyQuestion,
     WordPairScore,
     read_analogy_questions,
     read_similarity_pairs,
 )
+from service.analogy.scoring import (
+    DEFAULT_SCORING,
+    TEXTBOOK_SCORING,
+    AnalogyMethod,
+    AnalogyScoring,
+    score_similarities,
+    top_k,
+)
+from service.analogy.space import Vocabulary, normalize_word
 from service.config import Settings, default_model_path
 from service.embedding.encoder import Encoder
 from service.grpc_server.server import create_server

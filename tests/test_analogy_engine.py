@@ -9,22 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.analogy.engine import (
+from service.analogy.engine import AnalogyEngine, check_k
+from service.analogy.scoring import (
     COSMUL_EPSILON,
     DEFAULT_SCORING,
-    TEXT_TEMPLATE,
     TEXTBOOK_SCORING,
-    WORD_TEMPLATE,
-    AnalogyEngine,
     AnalogyMethod,
     AnalogyScoring,
-    Vocabulary,
-    check_k,
     combine_scores,
     direction_agreement,
-    normalize_word,
     top_k,
 )
+from service.analogy.space import TEXT_TEMPLATE, WORD_TEMPLATE, Vocabulary, normalize_word
 from service.analogy.vocabulary import VOCABULARY_DIRECTORY, DefaultVocabulary, english_words, model_key
 from service.embedding.encoder import Encoder, Token, TokenizedText
 from service.errors import FailedPrecondition, InvalidArgument, NotFound

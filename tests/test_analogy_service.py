@@ -12,16 +12,15 @@ from grpc_status import rpc_status
 from vecserve.v1 import analogy_pb2
 
 from clients import VecserveClient
-from service.analogy.engine import (
+from service.analogy.evaluation import read_analogy_questions
+from service.analogy.scoring import (
     DEFAULT_SCORING,
-    TEXT_TEMPLATE,
     TEXTBOOK_SCORING,
-    WORD_TEMPLATE,
     AnalogyMethod,
     score_similarities,
     top_k,
 )
-from service.analogy.evaluation import read_analogy_questions
+from service.analogy.space import TEXT_TEMPLATE, WORD_TEMPLATE
 from service.config import Settings
 from service.embedding.encoder import Encoder
 from service.grpc_server.server import RunningServer, create_server

@@ -95,3 +95,8 @@ def test_importing_a_core_module_leaves_grpc_out() -> None:
 
 def test_importing_the_message_layer_or_the_http_transport_leaves_grpc_out() -> None:
     assert_imports_leave_out([module_name(path) for path in grpc_free_modules()], GRPC_ONLY_MODULES)
+
+
+def test_no_module_of_the_service_is_over_600_lines() -> None:
+    lengths = {module_name(path): len(path.read_text().splitlines()) for path in SERVICE.rglob("*.py")}
+    assert {module: lines for module, lines in lengths.items() if lines > 600} == {}

@@ -18,13 +18,9 @@ from hypothesis import strategies as st
 from vecserve.v1 import index_pb2
 
 from clients import VecserveClient
-from service.analogy.engine import (
-    MAX_WORDS_PER_REQUEST,
-    TEXTBOOK_SCORING,
-    AnalogyEngine,
-    AnalogyMethod,
-    Vocabulary,
-)
+from service.analogy.engine import MAX_WORDS_PER_REQUEST, AnalogyEngine
+from service.analogy.scoring import TEXTBOOK_SCORING, AnalogyMethod
+from service.analogy.space import Vocabulary
 from service.config import Settings
 from service.embedding.encoder import Encoder, Token, TokenizedText
 from service.errors import InvalidArgument, TooLarge

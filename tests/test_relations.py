@@ -9,14 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from service.analogy.engine import (
-    TEXTBOOK_SCORING,
-    AnalogyEngine,
-    AnalogyMethod,
-    Vocabulary,
-    normalize_word,
-)
+from service.analogy.engine import AnalogyEngine
 from service.analogy.relations import NULL_PAIR_COUNT, null_pair_rows, offset_percentiles
+from service.analogy.scoring import TEXTBOOK_SCORING, AnalogyMethod
+from service.analogy.space import Vocabulary, normalize_word
 from service.embedding.encoder import Token, TokenizedText
 from service.errors import InvalidArgument, NotFound
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.analogy.engine import WORD_TEMPLATE, Vocabulary
+from service.analogy.space import WORD_TEMPLATE, Vocabulary
 from service.common.durable import durable_replacement
 from service.embedding.protocol import TextEncoder
 from service.errors import FailedPrecondition, Overloaded

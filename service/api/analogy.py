@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from vecserve.v1 import analogy_pb2 as pb
 
-from service.analogy.engine import AnalogyEngine, AnalogyMethod, ScoredWord
+from service.analogy.engine import AnalogyEngine, ScoredWord
+from service.analogy.scoring import AnalogyMethod
 from service.api.call import CallContext
 from service.errors import InvalidArgument
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,36 @@ def test_the_shard_of_an_id_is_stable() -> None:
     """crc32 of the UTF-8 id: the same shard in every process and on every machine."""
     # crc32: "a" 0xE8B7BE43, "doc-1" 0xF2B0EE69, "ü" 0x63D969D5, "" 0.
     assert [shard_of(document_id, 3) for document_id in ("a", "doc-1", "ü", "")] == [0, 2, 1, 0]
+
+
+def test_concurrent_searches_share_shard_calls_and_keep_their_own_answers(tmp_path: Path) -> None:
+    store = sharded(tmp_path, 2)
+    calls: list[str] = []
+    for shard in store.shards:
+        original = shard.call
+
+        def counting(method: str, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(method)
+            return _original(method, *args, **kwargs)
+
+        shard.call = counting  # type: ignore[method-assign]
+    try:
+        store.create_index("items", dimension=DIMENSION)
+        store.upsert("items", documents(200, seed=8))
+        probes = [
+            Query(vector=vector) for vector in np.random.default_rng(9).standard_normal((32, DIMENSION))
+        ]
+        alone = [store.search("items", [probe], k=5) for probe in probes]
+        calls.clear()
+        with ThreadPoolExecutor(16) as callers:
+            together = list(callers.map(lambda probe: store.search("items", [probe], k=5), probes))
+            # One caller's bad query fails that caller only, even when it arrives with the others.
+            bad = callers.submit(store.search, "items", [Query(vector=np.ones(3, dtype=np.float32))], 5)
+            good = [callers.submit(store.search, "items", [probe], 5) for probe in probes[:8]]
+            with pytest.raises(InvalidArgument):
+                bad.result()
+            assert [future.result() for future in good] == alone[:8]
+        assert together == alone
+        assert calls.count("search") < 2 * len(probes)  # merged: fewer than one call per shard per caller
+    finally:
+        store.close()

@@ -222,6 +222,7 @@ class Ingress:
                 max_queries_per_request=settings.max_texts_per_request,
                 max_text_characters=settings.max_text_characters,
                 max_texts_per_encode=settings.max_texts_per_request,
+                search_batching=settings.search_batching,
             )
             running = serve_core(settings, build_core(settings, remote_encoder, store))  # type: ignore[arg-type]
             running.vocabulary.start()

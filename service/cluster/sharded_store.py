@@ -29,6 +29,7 @@ from service.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    TooLarge,
     Unavailable,
     VecserveError,
 )
@@ -48,6 +49,7 @@ from service.index.model import (
     check_vector,
     normalize_rows,
 )
+from service.index.search_batching import SearchCoalescer
 from service.index.store import IndexStore
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ class ShardedStore:
         max_queries_per_request: int = 1024,
         max_text_characters: int = 100_000,
         max_texts_per_encode: int = 1024,
+        search_batching: bool = True,
     ) -> None:
         if not shards:
             raise ValueError("a sharded store needs at least one shard")
@@ -128,6 +131,9 @@ class ShardedStore:
         self.max_queries_per_request = max_queries_per_request
         self.max_text_characters = max_text_characters
         self.max_texts_per_encode = max_texts_per_encode
+        # Concurrent searches sharing index, k, filter and settings share one call per shard: each
+        # call through Ray costs milliseconds, far more than merging the queries.
+        self._coalescer = SearchCoalescer(max_queries_per_request) if search_batching else None
         # Index settings never change after creation: kept here to check input without a shard call,
         # and forgotten when this store deletes the index or a shard no longer knows it.
         self._specs: dict[str, IndexSpec] = {}
@@ -349,13 +355,17 @@ class ShardedStore:
         """The k closest documents passing every condition, per query, best first, over all shards.
 
         Texts are embedded here once; a query by document id searches with that document's vector,
-        and the shard holding it leaves it out of the hits, as one index does.
+        and the shard holding it leaves it out of the hits, as one index does. Every query is checked
+        here, so that concurrent searches of the same index, k, filter and settings can share one
+        call per shard (search batching) without one caller's mistake failing the others.
         """
         k = check_k(k)
         self._check_count(len(queries), self.max_queries_per_request, "queries")
         spec = self._spec(name)
+        rows = np.zeros((len(queries), spec.dimension), dtype=np.float32)
         texts: dict[int, str] = {}
         by_document: dict[int, str] = {}
+        given_vectors: list[int] = []
         for position, query in enumerate(queries):
             where = f"queries[{position}]"
             given = [query.text is not None, query.vector is not None, query.document_id is not None]
@@ -365,53 +375,79 @@ class ShardedStore:
                 check_unicode(query.text, f"{where}.text")
                 self._check_text(query.text, f"{where}.text", required=True)
                 texts[position] = query.text
-            elif query.document_id is not None:
-                check_unicode(query.document_id, f"{where}.document_id")
-                by_document[position] = query.document_id
-        vectors: dict[int, np.ndarray] = {}
+            elif query.vector is not None:
+                rows[position] = check_vector(query.vector, spec.dimension, spec.metric, f"{where}.vector")
+                given_vectors.append(position)
+            else:
+                check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
+                by_document[position] = query.document_id  # type: ignore[assignment]
+        if given_vectors and spec.metric is Metric.COSINE:
+            # The shards normalize; this only refuses zero vectors, naming the query.
+            normalize_rows(rows[given_vectors], [f"queries[{position}].vector" for position in given_vectors])
         if texts:
-            embedded = self._embed(spec, list(texts.values()), "queries")
-            vectors.update(zip(texts, embedded, strict=True))
-        owners = {
-            position: shard_of(document_id, self.shard_count) for position, document_id in by_document.items()
-        }
-        vectors.update(self._document_vectors(name, by_document, owners))
+            rows[list(texts)] = self._embed(spec, list(texts.values()), "queries")
+        for position, vector in self._document_vectors(name, by_document).items():
+            rows[position] = vector
+        excluded = [by_document.get(position) for position in range(len(queries))]
+
+        def fan_out(batch: np.ndarray, batch_excluded: list[str | None]) -> list[list[Hit]]:
+            return self._fan_out(
+                name, spec.metric, batch, batch_excluded, k, conditions, include_vectors, ef_search, nprobe
+            )
+
+        if self._coalescer is None or include_vectors:
+            # Answers with vectors are sized per request: batched, they could pass the size limit.
+            return fan_out(rows, excluded)
+        key = (name, k, repr(conditions), ef_search, nprobe)
+        try:
+            return self._coalescer.search(key, rows, excluded, fan_out)  # type: ignore[arg-type]
+        except TooLarge:
+            return fan_out(rows, excluded)  # the batch's answer was too large, perhaps not this one's
+
+    def _fan_out(
+        self,
+        name: str,
+        metric: Metric,
+        rows: np.ndarray,
+        excluded: list[str | None],
+        k: int,
+        conditions: Sequence[Condition],
+        include_vectors: bool,
+        ef_search: int | None,
+        nprobe: int | None,
+    ) -> list[list[Hit]]:
+        """One search call per shard, all at once, and the merge. A row searching with a document's
+        vector goes to the shard holding it as that document's id, so that it leaves it out."""
 
         def shard_queries(shard: int) -> list[Query]:
-            """Vectors for what was embedded or looked up here, except on the shard holding a queried
-            document, which searches by its id so that it leaves the document out."""
             return [
-                Query(vector=vectors[position])
-                if position in vectors and owners.get(position) != shard
-                else query
-                for position, query in enumerate(queries)
+                Query(document_id=document_id)
+                if document_id is not None and shard_of(document_id, self.shard_count) == shard
+                else Query(vector=row)
+                for row, document_id in zip(rows, excluded, strict=True)
             ]
 
+        settings = (k, conditions, include_vectors, ef_search, nprobe)
         answers = self._forgetting_on_not_found(
             name,
             lambda: self._values(
                 {
-                    shard: (
-                        "search",
-                        (name, shard_queries(shard), k, conditions, include_vectors, ef_search, nprobe),
-                    )
+                    shard: ("search", (name, shard_queries(shard), *settings))
                     for shard in range(self.shard_count)
                 }
             ),
         )
         return [
-            merge_hits([answers[shard][position] for shard in range(self.shard_count)], k, spec.metric)
-            for position in range(len(queries))
+            merge_hits([answers[shard][row] for shard in range(self.shard_count)], k, metric)
+            for row in range(len(rows))
         ]
 
-    def _document_vectors(
-        self, name: str, by_document: dict[int, str], owners: dict[int, int]
-    ) -> dict[int, np.ndarray]:
+    def _document_vectors(self, name: str, by_document: dict[int, str]) -> dict[int, np.ndarray]:
         """The stored vectors of the documents queried by id, each from its shard."""
-        if not by_document:
-            return {}
         started = {
-            position: self.shards[owners[position]].call("get_document", name, document_id)
+            position: self.shards[shard_of(document_id, self.shard_count)].call(
+                "get_document", name, document_id
+            )
             for position, document_id in by_document.items()
         }
         vectors: dict[int, np.ndarray] = {}

@@ -17,6 +17,8 @@ NULL_PAIR_SEED = 20240613
 TIE_TOLERANCE = 1e-6
 # Offsets shorter than this (two words with the same vector) have no direction to compare.
 MIN_OFFSET_LENGTH = 1e-6
+# Candidates beyond 4 k that related_pairs scores again exactly before choosing the k best.
+RESCORED_MARGIN = 64
 # Numbers held at once per block of first words by related_pairs (cosines to every word, and the
 # neighbours' offsets): 8 million, at most 64 MB, whatever the vocabulary's size.
 BLOCK_NUMBERS = 8_000_000
@@ -98,10 +100,10 @@ def related_pairs(
     vectors (words, dimension) and first_vectors (firsts, dimension) are unit rows. Best first; equal
     similarities keep the order of the first words, then of the vocabulary rows.
     """
-    direction = reference_offset.astype(np.float64) / max(float(np.linalg.norm(reference_offset)), 1e-12)
+    direction = (reference_offset / max(float(np.linalg.norm(reference_offset)), 1e-12)).astype(np.float32)
     count = min(neighbour_count, len(vectors) - 1)
     chunk = max(1, BLOCK_NUMBERS // max(len(vectors), count * vectors.shape[1]))
-    first_positions, second_rows, offsets, pairs = [], [], [], []
+    first_positions, second_rows, offsets = [], [], []
     for start in range(0, len(first_vectors) if count > 0 else 0, chunk):
         block = first_vectors[start : start + chunk]
         similarities = block @ vectors.T
@@ -109,29 +111,32 @@ def related_pairs(
             similarities[position, list(excluded)] = -np.inf
         nearest = np.argpartition(-similarities, count - 1, axis=1)[:, :count]
         nearest.sort(axis=1)  # row order, so that ties are broken the same way on every run
-        pair_cosines = np.take_along_axis(similarities, nearest, axis=1).astype(np.float64)
-        # The offsets themselves, in float64: from the cosines alone, float32 rounding would swamp the
-        # direction of short offsets (near-duplicate words).
-        differences = vectors[nearest].astype(np.float64) - block[:, None, :]
-        lengths = np.linalg.norm(differences, axis=2)
         # Excluded words (-inf) fill a neighbourhood only when too few others are left.
-        usable = np.isfinite(pair_cosines) & (lengths > MIN_OFFSET_LENGTH)
+        usable = np.isfinite(np.take_along_axis(similarities, nearest, axis=1))
+        differences = vectors[nearest] - block[:, None, :]
+        lengths = np.linalg.norm(differences, axis=2)
+        usable &= lengths > MIN_OFFSET_LENGTH
         offset_cosines = np.where(usable, (differences @ direction) / np.where(usable, lengths, 1.0), -np.inf)
         first_positions.append(np.repeat(np.arange(start, start + len(block)), count))
         second_rows.append(nearest.ravel())
         offsets.append(offset_cosines.ravel())
-        pairs.append(pair_cosines.ravel())
     if not offsets:
         return [], 0
-    all_offsets = np.concatenate(offsets)
-    compared = int(np.isfinite(all_offsets).sum())
-    k = min(k, compared)
-    # Stable on the negated scores: ties stay in (first word, row) order.
-    best = np.argsort(-all_offsets, kind="stable")[:k]
-    all_firsts, all_seconds, all_pairs = (
-        np.concatenate(part) for part in (first_positions, second_rows, pairs)
-    )
+    approximate = np.concatenate(offsets)
+    compared = int(np.isfinite(approximate).sum())
+    firsts, seconds = np.concatenate(first_positions), np.concatenate(second_rows)
+    # Ranked in float32, which blurs the direction of short offsets (near-duplicate words) by up to
+    # about 1e-4; the best candidates, with room to spare, are scored again exactly and ranked on that.
+    candidates = np.argsort(-approximate, kind="stable")[: min(4 * k + RESCORED_MARGIN, compared)]
+    exact = [exact_pair(vectors[seconds[i]], first_vectors[firsts[i]], reference_offset) for i in candidates]
+    # Ties keep the (first word, row) order that the candidates were listed in.
+    order = sorted(range(len(candidates)), key=lambda j: (-exact[j][0], candidates[j]))[:k]
     return [
-        PairMatch(int(all_firsts[i]), int(all_seconds[i]), float(all_offsets[i]), float(all_pairs[i]))
-        for i in best
+        PairMatch(int(firsts[candidates[j]]), int(seconds[candidates[j]]), exact[j][0], exact[j][1])
+        for j in order
     ], compared
+
+
+def exact_pair(second: np.ndarray, first: np.ndarray, reference_offset: np.ndarray) -> tuple[float, float]:
+    """(offset cosine, pair cosine) of one pair, in float64."""
+    return cosine(second - first.astype(np.float64), reference_offset), cosine(first, second)

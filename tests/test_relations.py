@@ -191,6 +191,26 @@ def test_relation_search_from_given_first_words() -> None:
     assert report.pairs[1].first in {"from4", "w10"} and report.compared_pair_count == 2 * 50
 
 
+def test_the_first_words_neighbourhoods_are_computed_once_per_vocabulary() -> None:
+    names, vectors, _ = planted_space()
+    vocabulary = Vocabulary.from_vectors(names, vectors)
+    encoder = DictionaryEncoder(dict(zip(names, vectors.tolist(), strict=True)))
+    engine = AnalogyEngine(encoder, lambda _timeout: vocabulary, scoring=TEXTBOOK_SCORING)
+    first = engine.find_related_pairs(("from0", "to0"), k=5, first_word_count=100)
+    cached = vocabulary.first_word_neighbours(100, 52)  # 50 neighbours and room for the two reference rows
+    second = engine.find_related_pairs(("from1", "to1"), k=5, first_word_count=100)
+    assert vocabulary.first_word_neighbours(100, 52) is cached  # both relations used the same
+    # The same answers as a search from those first words given as a list (neighbourhoods computed anew).
+    listed = engine.find_related_pairs(("from1", "to1"), k=5, first_words=names[:100])
+    assert [(p.first, p.second) for p in second.pairs] == [(p.first, p.second) for p in listed.pairs]
+    assert [p.offset_similarity for p in second.pairs] == pytest.approx(
+        [p.offset_similarity for p in listed.pairs]
+    )
+    assert first.pairs != second.pairs
+    empty = engine.find_related_pairs(("from0", "to0"), first_words=["to0", "FROM0"])
+    assert (empty.pairs, empty.compared_pair_count) == ([], 0)
+
+
 def test_relation_search_bounds_are_checked() -> None:
     engine = engine_over(ROYALS)
     for arguments, field in [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.analogy.relations import cosine, offset_percentiles, related_pairs
+from service.analogy.relations import cosine, nearest_rows, offset_percentiles, related_pairs
 from service.analogy.scoring import (
     DEFAULT_METHOD,
     DEFAULT_SCORING,
@@ -56,8 +56,6 @@ DEFAULT_NEIGHBOUR_COUNT = 50
 MAX_NEIGHBOUR_COUNT = 1000
 # Word vectors kept for reuse (about 1.5 KiB each with 384 dimensions): queries repeat words a lot.
 WORD_CACHE_ENTRIES = 20_000
-
-
 
 
 # Texts and vectors of a named index, for using a user's index as the vocabulary; raises NotFound.
@@ -505,36 +503,37 @@ class AnalogyEngine:
             vocabulary, reference_words, reference_names, vocabulary_index
         )
         reference_rows = vocabulary.rows_of(reference_words)
-        if chosen:
+        # Room for the reference's rows, which are left out of the neighbourhoods afterwards.
+        width = neighbour_count + len(reference_rows)
+        if first_words:
             chosen = [word for word in dict.fromkeys(chosen) if word not in reference_words]
+            names = field_names("first_words", len(chosen))
             first_vectors = (
-                self._query_vectors(
-                    vocabulary, chosen, field_names("first_words", len(chosen)), vocabulary_index
-                )
+                self._query_vectors(vocabulary, chosen, names, vocabulary_index)
                 if chosen
-                else np.zeros((0, vocabulary.vectors.shape[1]), np.float32)
+                else vocabulary.vectors[:0]
             )
-            first_labels = chosen
+            own_rows = [vocabulary.rows_of([word]) for word in chosen]
+            neighbours = nearest_rows(vocabulary.vectors, first_vectors, own_rows, width)
         else:
-            excluded = set(reference_rows)
-            rows = [row for row in range(min(first_word_count, len(vocabulary))) if row not in excluded]
+            rows = [row for row in range(min(first_word_count, len(vocabulary))) if row not in reference_rows]
+            chosen = [vocabulary.words[row] for row in rows]
             first_vectors = vocabulary.vectors[rows]
-            first_labels = [vocabulary.words[row] for row in rows]
-        excluded_seconds = [
-            sorted({*reference_rows, *vocabulary.rows_of([normalize_word(word)])}) for word in first_labels
-        ]
+            neighbours = vocabulary.first_word_neighbours(first_word_count, width)[rows]
+        reference_offset = reference_vectors[1].astype(np.float64) - reference_vectors[0]
         matches, compared = related_pairs(
             vocabulary.vectors,
             first_vectors,
-            excluded_seconds,
-            reference_vectors[1].astype(np.float64) - reference_vectors[0],
+            neighbours,
+            reference_rows,
             neighbour_count,
+            reference_offset,
             k,
         )
         return RelatedPairsReport(
             pairs=[
                 RelatedPair(
-                    first_labels[match.first_position],
+                    chosen[match.first_position],
                     vocabulary.words[match.second_row],
                     match.offset_similarity,
                     match.pair_similarity,

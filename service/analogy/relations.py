@@ -85,56 +85,77 @@ class PairMatch:
     pair_similarity: float
 
 
+def nearest_rows(
+    vectors: np.ndarray, first_vectors: np.ndarray, own_rows: Sequence[Sequence[int]], count: int
+) -> np.ndarray:
+    """(firsts, count) int64: each first word's count nearest vocabulary rows by cosine, nearest first
+    (equal cosines by row), never one of its own rows (own_rows[i]); -1 pads a row short of words.
+
+    vectors and first_vectors are unit rows. A neighbourhood does not depend on the relation asked
+    about, so the vocabulary keeps those of its first words (Vocabulary.first_word_neighbours).
+    """
+    count = min(count, len(vectors))
+    neighbours = np.full((len(first_vectors), count), -1, dtype=np.int64)
+    if count == 0:
+        return neighbours
+    chunk = max(1, BLOCK_NUMBERS // len(vectors))
+    for start in range(0, len(first_vectors), chunk):
+        similarities = first_vectors[start : start + chunk] @ vectors.T
+        for position, own in enumerate(own_rows[start : start + chunk]):
+            similarities[position, list(own)] = -np.inf
+        nearest = np.argpartition(-similarities, count - 1, axis=1)[:, :count]
+        chosen = np.take_along_axis(similarities, nearest, axis=1)
+        order = np.lexsort((nearest, -chosen), axis=1)
+        nearest, chosen = (
+            np.take_along_axis(nearest, order, axis=1),
+            np.take_along_axis(chosen, order, axis=1),
+        )
+        neighbours[start : start + len(nearest)] = np.where(np.isfinite(chosen), nearest, -1)
+    return neighbours
+
+
 def related_pairs(
     vectors: np.ndarray,
     first_vectors: np.ndarray,
-    excluded_second_rows: Sequence[Sequence[int]],
-    reference_offset: np.ndarray,
+    neighbours: np.ndarray,
+    excluded_rows: Sequence[int],
     neighbour_count: int,
+    reference_offset: np.ndarray,
     k: int,
 ) -> tuple[list[PairMatch], int]:
     """The k pairs (first word c, vocabulary word d) whose offset d - c is most like reference_offset,
-    d among the neighbour_count nearest vocabulary words of c (by cosine) other than
-    excluded_second_rows[c]; and how many pairs were compared.
+    d among the neighbour_count nearest of c's neighbours (nearest_rows) that are not excluded_rows;
+    and how many pairs were compared.
 
     vectors (words, dimension) and first_vectors (firsts, dimension) are unit rows. Best first; equal
     similarities keep the order of the first words, then of the vocabulary rows.
     """
-    direction = (reference_offset / max(float(np.linalg.norm(reference_offset)), 1e-12)).astype(np.float32)
-    count = min(neighbour_count, len(vectors) - 1)
-    chunk = max(1, BLOCK_NUMBERS // max(len(vectors), count * vectors.shape[1]))
-    first_positions, second_rows, offsets = [], [], []
-    for start in range(0, len(first_vectors) if count > 0 else 0, chunk):
-        block = first_vectors[start : start + chunk]
-        similarities = block @ vectors.T
-        for position, excluded in enumerate(excluded_second_rows[start : start + chunk]):
-            similarities[position, list(excluded)] = -np.inf
-        nearest = np.argpartition(-similarities, count - 1, axis=1)[:, :count]
-        nearest.sort(axis=1)  # row order, so that ties are broken the same way on every run
-        # Excluded words (-inf) fill a neighbourhood only when too few others are left.
-        usable = np.isfinite(np.take_along_axis(similarities, nearest, axis=1))
-        differences = vectors[nearest] - block[:, None, :]
-        lengths = np.linalg.norm(differences, axis=2)
-        usable &= lengths > MIN_OFFSET_LENGTH
-        offset_cosines = np.where(usable, (differences @ direction) / np.where(usable, lengths, 1.0), -np.inf)
-        first_positions.append(np.repeat(np.arange(start, start + len(block)), count))
-        second_rows.append(nearest.ravel())
-        offsets.append(offset_cosines.ravel())
-    if not offsets:
+    kept = (neighbours >= 0) & ~np.isin(neighbours, list(excluded_rows))
+    kept &= np.cumsum(kept, axis=1) <= neighbour_count
+    firsts, places = np.nonzero(kept)
+    seconds = neighbours[firsts, places]
+    compared = len(seconds)
+    if not compared:
         return [], 0
-    approximate = np.concatenate(offsets)
-    compared = int(np.isfinite(approximate).sum())
-    firsts, seconds = np.concatenate(first_positions), np.concatenate(second_rows)
+    direction = (reference_offset / max(float(np.linalg.norm(reference_offset)), 1e-12)).astype(np.float32)
+    approximate = np.empty(compared, dtype=np.float32)
+    chunk = max(1, BLOCK_NUMBERS // vectors.shape[1])
+    for start in range(0, compared, chunk):
+        differences = vectors[seconds[start : start + chunk]] - first_vectors[firsts[start : start + chunk]]
+        lengths = np.linalg.norm(differences, axis=1)
+        usable = lengths > MIN_OFFSET_LENGTH
+        approximate[start : start + chunk] = np.where(
+            usable, (differences @ direction) / np.where(usable, lengths, 1.0), -np.inf
+        )
     # Ranked in float32, which blurs the direction of short offsets (near-duplicate words) by up to
     # about 1e-4; the best candidates, with room to spare, are scored again exactly and ranked on that.
-    candidates = np.argsort(-approximate, kind="stable")[: min(4 * k + RESCORED_MARGIN, compared)]
-    exact = [exact_pair(vectors[seconds[i]], first_vectors[firsts[i]], reference_offset) for i in candidates]
-    # Ties keep the (first word, row) order that the candidates were listed in.
-    order = sorted(range(len(candidates)), key=lambda j: (-exact[j][0], candidates[j]))[:k]
-    return [
-        PairMatch(int(firsts[candidates[j]]), int(seconds[candidates[j]]), exact[j][0], exact[j][1])
-        for j in order
-    ], compared
+    ranked = np.lexsort((seconds, firsts, -approximate))
+    candidates = [i for i in ranked[: 4 * k + RESCORED_MARGIN] if np.isfinite(approximate[i])]
+    exact = {
+        i: exact_pair(vectors[seconds[i]], first_vectors[firsts[i]], reference_offset) for i in candidates
+    }
+    best = sorted(candidates, key=lambda i: (-exact[i][0], firsts[i], seconds[i]))[:k]
+    return [PairMatch(int(firsts[i]), int(seconds[i]), exact[i][0], exact[i][1]) for i in best], compared
 
 
 def exact_pair(second: np.ndarray, first: np.ndarray, reference_offset: np.ndarray) -> tuple[float, float]:

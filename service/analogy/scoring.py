@@ -247,5 +247,3 @@ def outside_rank(scores: np.ndarray, excluded_rows: Sequence[int], score: float)
     scores = np.asarray(scores, dtype=np.float64).copy()
     scores[list(excluded_rows)] = -np.inf
     return int((scores >= score).sum()) + 1
-
-

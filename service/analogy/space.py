@@ -8,6 +8,7 @@ the same word, so that a query word is never returned as its own answer in anoth
 
 from __future__ import annotations
 
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from functools import cached_property
 
 import numpy as np
 
-from service.analogy.relations import null_offsets
+from service.analogy.relations import nearest_rows, null_offsets
+from service.common.lru import LruCache
 
 # Below this many words a vocabulary's mean says more about its few words than about the model.
 MIN_WORDS_TO_CENTER = 1000
@@ -26,6 +28,8 @@ MIN_WORDS_TO_CENTER = 1000
 WORD_TEMPLATE = '"{}"'
 # Document texts of an index are matched as they were embedded: bare.
 TEXT_TEMPLATE = "{}"
+# Neighbourhoods of FindRelatedPairs' first words kept per vocabulary (one per bound asked for).
+MAX_CACHED_NEIGHBOURHOODS = 4
 
 
 def normalize_word(text: str) -> str:
@@ -65,6 +69,11 @@ class Vocabulary:
     log_ranks: np.ndarray | None = field(default=None, repr=False)
     # Name of the word-vector space (index) these words come from; "" when query words are embedded.
     space: str = ""
+    # (first words, neighbours) -> first_word_neighbours, under _neighbourhoods_lock.
+    _neighbourhoods: LruCache[tuple[int, int], np.ndarray] = field(
+        default_factory=lambda: LruCache(MAX_CACHED_NEIGHBOURHOODS), repr=False
+    )
+    _neighbourhoods_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_vectors(
@@ -122,11 +131,23 @@ class Vocabulary:
         rows = self.positions.get(normalized_word)
         return rows[0] if rows else None
 
+    def first_word_neighbours(self, first_word_count: int, neighbour_count: int) -> np.ndarray:
+        """The neighbour_count nearest rows of each of the first first_word_count rows (nearest_rows,
+        never a word's own rows): FindRelatedPairs' default bound, the same whatever the relation,
+        so computed once per vocabulary and bound."""
+        key = (first_word_count, neighbour_count)
+        with self._neighbourhoods_lock:
+            cached = self._neighbourhoods.get(key)
+        if cached is None:
+            own = [self.positions[normalize_word(word)] for word in self.words[:first_word_count]]
+            cached = nearest_rows(self.vectors, self.vectors[: len(own)], own, neighbour_count)
+            with self._neighbourhoods_lock:
+                self._neighbourhoods.put(key, cached)
+        return cached
+
     @cached_property
     def null_offsets(self) -> np.ndarray:
         """Unit offsets of random pairs of this vocabulary's words (fixed seed, see
         service.analogy.relations): the baseline a relation's offset similarity is judged against.
         Computed on first use and kept as long as the vocabulary is."""
         return null_offsets(self.vectors)
-
-

@@ -249,6 +249,8 @@ def check_relations(out: WebElement, base_url: str) -> None:
     assert cells(out, "pair") == ["hammerhead shark → great hammerhead shark"]
     assert cells(out, "offset") == [f"{comparison['offsetSimilarity']:.3f}"]
     assert cells(out, "own") == [f"{comparison['pairSimilarity']:.3f}"]
+    assert cells(out, "percentile") == [f"{comparison.get('offsetPercentile', 0):.1f}"]
+    assert cells(out, "rank") == [str(comparison["answerRank"])]
     shown = out.find_element(By.CSS_SELECTOR, ".reference-similarity").text
     assert shown == f"{expected['referencePairSimilarity']:.3f}"
 
@@ -260,14 +262,14 @@ def test_relations_typed(browser: WebDriver, base_url: str, tmp_path: Path) -> N
         "relate",
         {"a": "dugong", "b": "manatee", "pairs": "hammerhead shark : great hammerhead shark"},
     )
-    check_relations(result_of(browser, "relate", RELATE_QUERY), base_url)
+    check_relations(result_of(browser, "relate", RELATE_QUERY, timeout=VOCABULARY_SECONDS), base_url)
     assert path_of(browser, base_url) == f"/relate?{RELATE_QUERY}"
     screenshot(browser, tmp_path, "relate")
 
 
 def test_relations_linked(browser: WebDriver, base_url: str, tmp_path: Path) -> None:
     browser.get(f"{base_url}/relate?{RELATE_QUERY}")
-    check_relations(result_of(browser, "relate", RELATE_QUERY), base_url)
+    check_relations(result_of(browser, "relate", RELATE_QUERY, timeout=VOCABULARY_SECONDS), base_url)
     pairs = browser.find_element(By.CSS_SELECTOR, "#view-relate [name=pairs]").get_attribute("value")
     assert pairs == "hammerhead shark : great hammerhead shark"
     screenshot(browser, tmp_path, "relate-linked")

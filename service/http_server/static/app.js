@@ -218,13 +218,16 @@ const VIEWS = {
     fields: { a: "text", b: "text", pairs: "lines" },
     ready: (p) => p.get("a") && p.get("b") && p.get("pairs"),
     hint: "Give a reference pair and at least one candidate pair.",
-    async run(p) {
+    async run(p, progress) {
       const candidates = parsePairs(p.get("pairs"));
       const reference = { first: p.get("a"), second: p.get("b") };
-      const answer = await call("AnalogyService", "CompareRelations", {
-        reference,
-        candidates,
-      });
+      // The percentiles and ranks are computed over the vocabulary, so this waits while it is built.
+      const answer = await vocabularyCall(
+        "AnalogyService",
+        "CompareRelations",
+        { reference, candidates },
+        progress,
+      );
       const rows = (answer.comparisons ?? []).map((item) =>
         el(
           "tr",
@@ -233,6 +236,8 @@ const VIEWS = {
           el("td", { class: "score offset", text: score(item.offsetSimilarity) }),
           el("td", { class: "bar-cell" }, bar(item.offsetSimilarity ?? 0)),
           el("td", { class: "score own", text: score(item.pairSimilarity) }),
+          el("td", { class: "score percentile", text: (item.offsetPercentile ?? 0).toFixed(1) }),
+          el("td", { class: "score rank", text: String(item.answerRank ?? "–") }),
         ),
       );
       return [
@@ -242,7 +247,18 @@ const VIEWS = {
           `${reference.first} → ${reference.second}: the pair's own similarity is `,
           el("strong", { class: "reference-similarity", text: score(answer.referencePairSimilarity) }),
         ),
-        table(["candidate pair", "offset similarity", "", "pair's own similarity"], rows, "scores relations"),
+        table(
+          ["candidate pair", "offset similarity", "", "pair's own similarity", "percentile", "rank of d"],
+          rows,
+          "scores relations",
+        ),
+        el(
+          "p",
+          { class: "muted" },
+          `Percentile: the share of ${answer.nullPairCount ?? "the"} random vocabulary pairs whose ` +
+            "offset is less like the reference's. Rank of d: where the candidate's second word comes " +
+            "when a : b :: c : ? is solved over the vocabulary.",
+        ),
       ];
     },
   },

@@ -223,10 +223,11 @@ def test_an_encoder_replica_killed_under_load_fails_no_call_and_the_service_goes
     with ThreadPoolExecutor(4) as callers:
         for number in range(4):
             callers.submit(embed_until_stopped, number)
-        time.sleep(2)
+        wait_until(lambda: len(outcomes) >= 8)  # every caller is embedding
         before = len(outcomes)
         os.kill(replica("encoder")["Pid"], signal.SIGKILL)
-        time.sleep(6)
+        # Calls go on after the kill: the callers' next rounds, and the ones in flight, all answered.
+        wait_until(lambda: len(outcomes) >= before + 40)
         stop.set()
     assert before > 0 and outcomes.count("ok") > before
     # Calls in flight on the killed replica were sent again to the other one: none failed.

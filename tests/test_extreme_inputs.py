@@ -27,6 +27,7 @@ from service.errors import InvalidArgument, TooLarge
 from service.grpc_server.server import RunningServer, create_server
 from service.index.model import Document, Query
 from service.index.store import IndexStore
+from tests.waiting import wait_until
 
 SMALL_MESSAGES = 64 * 1024
 PROPERTY_SETTINGS = settings(
@@ -349,10 +350,10 @@ def test_calls_during_shutdown_get_unavailable_while_in_flight_ones_finish(
 
         streamer = threading.Thread(target=held_stream)
         streamer.start()
-        wait_until(lambda: client.get_index("held").document_count == 1)
+        wait_until(lambda: client.get_index("held").document_count == 1, "the first message stored")
         stopper = threading.Thread(target=running.stop, kwargs={"grace": 120})
         stopper.start()
-        wait_until(lambda: running.drain.draining)
+        wait_until(lambda: running.drain.draining, "the server draining")
         for _ in range(20):
             error = refusal(client.get_index, "held")
             assert error.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in error.details()
@@ -367,12 +368,3 @@ def test_calls_during_shutdown_get_unavailable_while_in_flight_ones_finish(
         assert store.get_index("held").document_count == 2
     finally:
         store.close()
-
-
-def wait_until(condition: object, attempts: int = 6000) -> None:
-    """Polls real state (no fixed sleep), every 10 ms for at most a minute."""
-    for _ in range(attempts):
-        if condition():  # type: ignore[operator]
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError("condition never held")

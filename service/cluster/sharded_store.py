@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
@@ -36,7 +35,6 @@ from service.errors import (
 from service.index.filters import Condition
 from service.index.model import (
     DEFAULT_KIND,
-    MAX_ID_CHARACTERS,
     Document,
     Hit,
     IndexInfo,
@@ -45,9 +43,11 @@ from service.index.model import (
     KindParams,
     Metric,
     Query,
-    check_metadata,
+    check_count,
+    check_text,
     check_vector,
     normalize_rows,
+    prepare_document,
 )
 from service.index.search_batching import SearchCoalescer
 from service.index.store import IndexStore
@@ -310,9 +310,14 @@ class ShardedStore:
     def upsert(self, name: str, documents: Sequence[Document]) -> list[str]:
         """Inserts or replaces documents, each on the shard of its id; returns their ids (assigned ones
         included) in request order once every shard has stored its part durably."""
-        self._check_count(len(documents), self.max_documents_per_request, "documents")
+        check_count(len(documents), self.max_documents_per_request, "documents")
         spec = self._spec(name)
-        prepared = [self._prepare(spec, document, position) for position, document in enumerate(documents)]
+        # Checked as its shard will check it, and sent with the id it will be stored under.
+        checked = (
+            prepare_document(spec, document, position, self.max_text_characters)
+            for position, document in enumerate(documents)
+        )
+        prepared = [Document(item.id, item.text, item.metadata, item.vector) for item in checked]
         prepared = self._with_vectors(spec, prepared)
         parts: dict[int, list[Document]] = {}
         for document in prepared:
@@ -329,7 +334,7 @@ class ShardedStore:
 
     def delete_documents(self, name: str, ids: Sequence[str]) -> int:
         """Deletes documents by id (unknown ids are ignored); returns how many existed."""
-        self._check_count(len(ids), self.max_documents_per_request, "ids")
+        check_count(len(ids), self.max_documents_per_request, "ids")
         parts: dict[int, list[str]] = {}
         for position, document_id in enumerate(ids):
             check_unicode(document_id, f"ids[{position}]")
@@ -360,7 +365,7 @@ class ShardedStore:
         call per shard (search batching) without one caller's mistake failing the others.
         """
         k = check_k(k)
-        self._check_count(len(queries), self.max_queries_per_request, "queries")
+        check_count(len(queries), self.max_queries_per_request, "queries")
         spec = self._spec(name)
         rows = np.zeros((len(queries), spec.dimension), dtype=np.float32)
         texts: dict[int, str] = {}
@@ -373,7 +378,7 @@ class ShardedStore:
                 raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
             if query.text is not None:
                 check_unicode(query.text, f"{where}.text")
-                self._check_text(query.text, f"{where}.text", required=True)
+                check_text(query.text, f"{where}.text", True, self.max_text_characters)
                 texts[position] = query.text
             elif query.vector is not None:
                 rows[position] = check_vector(query.vector, spec.dimension, spec.metric, f"{where}.vector")
@@ -485,40 +490,7 @@ class ShardedStore:
         for shard in self.shards:
             shard.close()
 
-    # -- input checks, as IndexStore makes them ---------------------------------------------------
 
-    @staticmethod
-    def _check_count(count: int, limit: int, field_name: str) -> None:
-        if not 1 <= count <= limit:
-            raise InvalidArgument(
-                f"{field_name} has {count} entries; send between 1 and {limit} per request", field_name
-            )
-
-    def _check_text(self, text: str, field_name: str, required: bool) -> None:
-        if len(text) > self.max_text_characters:
-            raise InvalidArgument(
-                f"{field_name} has {len(text)} characters, more than the limit of {self.max_text_characters}",
-                field_name,
-            )
-        if required and not text.strip():
-            raise InvalidArgument(
-                f"{field_name} is empty or only whitespace: there is nothing to embed", field_name
-            )
-
-    def _prepare(self, spec: IndexSpec, document: Document, position: int) -> Document:
-        """The document checked as its shard will check it, with the id it will be stored under."""
-        where = f"documents[{position}]"
-        document_id = document.id or uuid.uuid4().hex
-        if len(document_id) > MAX_ID_CHARACTERS:
-            raise InvalidArgument(f"{where}.id is longer than {MAX_ID_CHARACTERS} characters", f"{where}.id")
-        check_unicode(document_id, f"{where}.id")
-        check_unicode(document.text, f"{where}.text")
-        self._check_text(document.text, f"{where}.text", required=document.vector is None)
-        vector = None
-        if document.vector is not None:
-            vector = check_vector(document.vector, spec.dimension, spec.metric, f"{where}.vector")
-        metadata = check_metadata(document.metadata, f"{where}.metadata")
-        return Document(document_id, document.text, metadata, vector)
 
     def _with_vectors(self, spec: IndexSpec, documents: list[Document]) -> list[Document]:
         """The documents without vectors embedded; for cosine, zero vectors refused with their field."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -287,3 +288,40 @@ def check_metadata_value(value: object, where: str) -> MetadataScalar:
         check_unicode(value, where)
         return value
     raise InvalidArgument(f"{where} must be a string, a number or a boolean", field=where)
+
+
+def check_count(count: int, limit: int, field_name: str) -> None:
+    """A request's list (documents, ids, queries) must hold 1 to limit entries."""
+    if not 1 <= count <= limit:
+        raise InvalidArgument(
+            f"{field_name} has {count} entries; send between 1 and {limit} per request", field_name
+        )
+
+
+def check_text(text: str, field_name: str, required: bool, max_characters: int) -> None:
+    if len(text) > max_characters:
+        raise InvalidArgument(
+            f"{field_name} has {len(text)} characters, more than the limit of {max_characters}", field_name
+        )
+    if required and not text.strip():
+        raise InvalidArgument(
+            f"{field_name} is empty or only whitespace: there is nothing to embed", field_name
+        )
+
+
+def prepare_document(
+    spec: IndexSpec, document: Document, position: int, max_text_characters: int
+) -> PreparedDocument:
+    """The document checked for storing, with the id it will be stored under (one made when empty)."""
+    where = f"documents[{position}]"
+    document_id = document.id or uuid.uuid4().hex
+    if len(document_id) > MAX_ID_CHARACTERS:
+        raise InvalidArgument(f"{where}.id is longer than {MAX_ID_CHARACTERS} characters", f"{where}.id")
+    check_unicode(document_id, f"{where}.id")
+    check_unicode(document.text, f"{where}.text")
+    check_text(document.text, f"{where}.text", document.vector is None, max_text_characters)
+    vector = None
+    if document.vector is not None:
+        vector = check_vector(document.vector, spec.dimension, spec.metric, f"{where}.vector")
+    metadata = check_metadata(document.metadata, f"{where}.metadata")
+    return PreparedDocument(document_id, document.text, metadata, vector)

@@ -63,7 +63,6 @@ from service.index.kinds import check_params
 from service.index.model import (
     DEFAULT_KIND,
     MAX_DIMENSION,
-    MAX_ID_CHARACTERS,
     NAME_PATTERN,
     Document,
     Hit,
@@ -74,10 +73,12 @@ from service.index.model import (
     Metric,
     PreparedDocument,
     Query,
-    check_metadata,
+    check_count,
     check_name,
+    check_text,
     check_vector,
     normalize_rows,
+    prepare_document,
 )
 from service.index.open_index import OpenIndex
 from service.index.record import DATABASE_FILE, create_record, read_spec_json
@@ -304,9 +305,10 @@ class IndexStore:
         version.
         """
         index = self._get(name)
-        self._check_count(len(documents), self.max_documents_per_request, "documents")
+        check_count(len(documents), self.max_documents_per_request, "documents")
         prepared = [
-            self._prepare(index.spec, document, position) for position, document in enumerate(documents)
+            prepare_document(index.spec, document, position, self.max_text_characters)
+            for position, document in enumerate(documents)
         ]
         self._fill_vectors(index.spec, prepared)
         latest = {document.id: document for document in prepared}
@@ -329,7 +331,7 @@ class IndexStore:
     def delete_documents(self, name: str, ids: Sequence[str]) -> int:
         """Deletes documents by id (unknown ids are ignored); returns how many existed."""
         index = self._get(name)
-        self._check_count(len(ids), self.max_documents_per_request, "ids")
+        check_count(len(ids), self.max_documents_per_request, "ids")
         for position, document_id in enumerate(ids):
             check_unicode(document_id, f"ids[{position}]")
         with index.lock.write():
@@ -357,7 +359,7 @@ class IndexStore:
         spec = index.spec
         k = check_k(k)
         tuning = index.strategy.check_search_settings(ef_search, nprobe)
-        self._check_count(len(queries), self.max_queries_per_request, "queries")
+        check_count(len(queries), self.max_queries_per_request, "queries")
         if include_vectors and not conditions:
             # Refused before any search work when the vectors alone would overflow the answer.
             hits_per_query = min(k, max(index.document_count - 1, 0))
@@ -373,7 +375,7 @@ class IndexStore:
                 raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
             if query.text is not None:
                 check_unicode(query.text, f"{where}.text")
-                self._check_text(query.text, f"{where}.text", required=True)
+                check_text(query.text, f"{where}.text", True, self.max_text_characters)
                 texts[position] = query.text
             elif query.vector is not None:
                 query_vectors[position] = check_vector(
@@ -486,37 +488,6 @@ class IndexStore:
         if index.closed:
             raise NotFound(f"index {index.spec.name!r} does not exist")
 
-    @staticmethod
-    def _check_count(count: int, limit: int, field_name: str) -> None:
-        if not 1 <= count <= limit:
-            raise InvalidArgument(
-                f"{field_name} has {count} entries; send between 1 and {limit} per request", field_name
-            )
-
-    def _check_text(self, text: str, field_name: str, required: bool) -> None:
-        if len(text) > self.max_text_characters:
-            raise InvalidArgument(
-                f"{field_name} has {len(text)} characters, more than the limit of {self.max_text_characters}",
-                field_name,
-            )
-        if required and not text.strip():
-            raise InvalidArgument(
-                f"{field_name} is empty or only whitespace: there is nothing to embed", field_name
-            )
-
-    def _prepare(self, spec: IndexSpec, document: Document, position: int) -> PreparedDocument:
-        where = f"documents[{position}]"
-        document_id = document.id or uuid.uuid4().hex
-        if len(document_id) > MAX_ID_CHARACTERS:
-            raise InvalidArgument(f"{where}.id is longer than {MAX_ID_CHARACTERS} characters", f"{where}.id")
-        check_unicode(document_id, f"{where}.id")
-        check_unicode(document.text, f"{where}.text")
-        self._check_text(document.text, f"{where}.text", required=document.vector is None)
-        vector = None
-        if document.vector is not None:
-            vector = check_vector(document.vector, spec.dimension, spec.metric, f"{where}.vector")
-        metadata = check_metadata(document.metadata, f"{where}.metadata")
-        return PreparedDocument(document_id, document.text, metadata, vector)
 
     def _fill_vectors(self, spec: IndexSpec, documents: list[PreparedDocument]) -> None:
         """Embeds the documents without vectors and normalizes every vector of a cosine index."""

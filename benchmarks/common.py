@@ -105,13 +105,20 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def short_texts(count: int, words_per_text: int = 14, seed: int = 7) -> list[str]:
-    """Deterministic English-like sentences built from frequent words (no download needed)."""
+def short_texts(
+    count: int, words_per_text: int = 14, seed: int = 7, fewest_words: int | None = None
+) -> list[str]:
+    """Deterministic English-like sentences built from frequent words (no download needed); with
+    `fewest_words`, each has between that many and `words_per_text` words (mixed lengths)."""
     from wordfreq import top_n_list
 
     vocabulary = [w for w in top_n_list("en", 5000) if w.isalpha()]
     rng = random.Random(seed)
-    return [" ".join(rng.choices(vocabulary, k=words_per_text)).capitalize() + "." for _ in range(count)]
+
+    def words() -> int:
+        return words_per_text if fewest_words is None else rng.randint(fewest_words, words_per_text)
+
+    return [" ".join(rng.choices(vocabulary, k=words())).capitalize() + "." for _ in range(count)]
 
 
 def timed(action: Callable[[], Any]) -> tuple[float, Any]:

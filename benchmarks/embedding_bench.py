@@ -1,14 +1,18 @@
-"""Embedding throughput: gRPC vs in-process encode, many small concurrent calls with and without
-dynamic batching (aims 1 and 2 of the throughput work), and the fixed cost of any call through the
-server's interceptors compared with a bare gRPC server."""
+"""Embedding throughput on issue 14's workload: gRPC vs in-process encode, with batches of 64 and with 32
+one-text clients (dynamic batching on and off); where the server's CPU per text goes, stage by stage
+(from its metrics), and how much of each model batch is padding; and the fixed cost of any call
+through the server's interceptors compared with a bare gRPC server."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,12 +26,20 @@ from benchmarks.common import (
     short_texts,
 )
 from clients import VecserveClient
-from clients.local_server import ServerProcess
+from clients.local_server import ServerProcess, free_port
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 BATCH = 64
+CLIENTS = 32
+# The server's stages of an Embed call, in order (service/embedding/stages.py).
+STAGES = ("parse", "tokenize", "queue", "model", "normalize", "response")
+
+
+def workload_texts(count: int) -> list[str]:
+    """Issue 14's texts: short sentences of 7 to 15 words, of mixed lengths."""
+    return short_texts(count, words_per_text=15, seed=11, fewest_words=7)
 
 
 @functools.cache
@@ -63,9 +75,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def grpc_batched_rate(address: str, texts: list[str]) -> float:
+def grpc_batched_rate(address: str, texts: list[str], after_warm_up: Callable[[], object]) -> float:
+    """texts/s of Embed calls of BATCH texts one after another."""
     with VecserveClient(address, timeout=600) as client:
         client.embed(texts[:BATCH])  # warm-up
+        after_warm_up()
         began = time.perf_counter()
         for start in range(0, len(texts), BATCH):
             client.embed(texts[start : start + BATCH])
@@ -75,6 +89,81 @@ def grpc_batched_rate(address: str, texts: list[str]) -> float:
 def median_run(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
     """The (rate, p50, p99) run of median rate."""
     return sorted(runs)[len(runs) // 2]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A server's metrics, by sample name and labels ("name{label=value}")."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{key}={value}" for key, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+class ServerSpend:
+    """What a server spent on one workload, summed over rounds: process CPU and its metrics' growth."""
+
+    def __init__(self, server: ServerProcess, metrics_port: int) -> None:
+        assert server.process is not None
+        self._pid = server.process.pid
+        self._metrics_port = metrics_port
+        self.texts = 0
+        self.cpu_seconds = 0.0
+        self.grown: collections.Counter[str] = collections.Counter()
+        self._start: tuple[float, dict[str, float]] = (0.0, {})
+
+    def start(self) -> None:
+        metrics = scrape(self._metrics_port)  # scraped first: the scrape's own CPU is not counted
+        self._start = (cpu_seconds(self._pid), metrics)
+
+    def stop(self, texts: int) -> None:
+        cpu, metrics = cpu_seconds(self._pid), scrape(self._metrics_port)
+        self.texts += texts
+        self.cpu_seconds += cpu - self._start[0]
+        for name, value in metrics.items():
+            self.grown[name] += value - self._start[1].get(name, 0.0)
+
+    def per_text_ms(self, seconds: float) -> float:
+        return seconds * 1000 / self.texts
+
+    def stage(self, kind: str, stage: str) -> float:
+        """Seconds of CPU ("cpu") or of texts' wall time ("text") a stage grew by."""
+        return self.grown[f"vecserve_embed_stage_{kind}_seconds_total{{stage={stage}}}"]
+
+    def report(self, report: Report, section: str) -> None:
+        """Server CPU per text, by stage, and the padding of its model batches."""
+        report.add(section, "server CPU per text (process, /proc)", self.per_text_ms(self.cpu_seconds), "ms")
+        if not any(name.startswith("vecserve_embed_stage_") for name in self.grown):
+            report.add(section, "  (this server exposes no stage metrics)", 0, "")
+            return
+        for stage in STAGES:
+            if stage == "queue":
+                # Wall time between entering the batcher and the model call: the batcher's round trip
+                # minus the model batch's duration, both summed over texts.
+                waited = self.stage("text", "queue") - self.stage("text", "model")
+                report.add(section, "  queue wait per text (wall)", self.per_text_ms(waited), "ms")
+                continue
+            report.add(section, f"  {stage}: CPU per text", self.per_text_ms(self.stage("cpu", stage)), "ms")
+        staged = sum(self.stage("cpu", stage) for stage in STAGES)
+        report.add(
+            section,
+            "  outside the stages: CPU per text",
+            self.per_text_ms(self.cpu_seconds - staged),
+            "ms",
+            "gRPC (decode, encode, HTTP/2), interceptors, torch's extra threads",
+        )
+        real = self.grown["vecserve_encoder_real_tokens_total{}"]
+        padded = self.grown["vecserve_encoder_padded_tokens_total{}"]
+        batches = self.grown["vecserve_encoder_model_batches_total{}"]
+        report.add(
+            section, "padded / real tokens", padded / real, "ratio", f"{real / self.texts:.1f} real per text"
+        )
+        report.add(section, "texts per model batch", self.texts / batches, "texts")
 
 
 def embed_one(client: VecserveClient, text: str) -> None:
@@ -145,80 +234,67 @@ def per_call_overhead(report: Report, count: int) -> None:
 
 
 def run(report: Report) -> None:
-    count = report.pick(tiny=64, quick=512, full=2000)
-    concurrent_count = report.pick(tiny=64, quick=320, full=1280)
+    count = report.pick(tiny=64, quick=1536, full=1536)
+    rounds = {"tiny": 1, "quick": 3, "full": 3}[report.size]
     per_call_overhead(report, {"tiny": 50, "quick": 500, "full": 2000}[report.size])
-    texts = short_texts(count)
+    texts = workload_texts(count)
+    metrics_port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
-        batching = ServerProcess(Path(scratch) / "batching").start()
+        batching = ServerProcess(
+            Path(scratch) / "batching", "--metrics-listen", f"127.0.0.1:{metrics_port}"
+        ).start()
         plain = ServerProcess(Path(scratch) / "plain", "--no-dynamic-batching").start()
         try:
-            # Interleaved, best of two, so that drift on a shared machine hits both sides alike.
-            local_rates, grpc_rates = [], []
-            for _ in range(2):
-                local_rates.append(in_process_rate(texts, BATCH))
-                grpc_rates.append(grpc_batched_rate(batching.address, texts))
-            local, remote = max(local_rates), max(grpc_rates)
-            report.add("embed", f"in-process encode, batch {BATCH} ({count} texts)", local, "texts/s")
-            report.add("embed", f"gRPC Embed, batch {BATCH}", remote, "texts/s")
-            report.add("embed", "gRPC / in-process", remote / local, "ratio", "aim >= 0.9")
-
-            concurrent_texts = short_texts(concurrent_count, seed=11)
             # Rounds interleaved, the median of each side kept: one round on a shared 2-core machine
-            # swings by a third.
-            # CPU per text is steadier than rates when other jobs share the machine: the server's own
-            # (clients and warm-up calls excluded) against in-process encode's.
-            batched_runs, plain_runs, local_runs = [], [], []
-            served_cpu, client_cpu, local_cpu = [], [], []
-            assert batching.process is not None
-            for _ in range({"tiny": 1, "quick": 3, "full": 3}[report.size]):
-                pid = batching.process.pid
-                marks = []
-                batched_runs.append(
-                    concurrent_calls(
-                        batching.address,
-                        concurrent_texts,
-                        32,
-                        embed_one,
-                        after_warm_up=lambda: marks.append((cpu_seconds(pid), time.process_time())),  # noqa: B023
-                    )
+            # swings by a third, and drift hits every side alike.
+            local_runs: list[tuple[float, float]] = []
+            batch_rates: list[float] = []
+            clients_runs: list[tuple[float, float, float]] = []
+            plain_runs: list[tuple[float, float, float]] = []
+            batch_spend = ServerSpend(batching, metrics_port)
+            clients_spend = ServerSpend(batching, metrics_port)
+            for _ in range(rounds):
+                local_runs.append(in_process_run(texts, BATCH))
+                batch_rates.append(grpc_batched_rate(batching.address, texts, batch_spend.start))
+                batch_spend.stop(len(texts))
+                clients_runs.append(
+                    concurrent_calls(batching.address, texts, CLIENTS, embed_one, clients_spend.start)
                 )
-                served_cpu.append((cpu_seconds(pid) - marks[0][0]) * 1000 / len(concurrent_texts))
-                client_cpu.append((time.process_time() - marks[0][1]) * 1000 / len(concurrent_texts))
-                plain_runs.append(concurrent_calls(plain.address, concurrent_texts, 32, embed_one))
-                local_rate, local_ms = in_process_run(concurrent_texts, BATCH)
-                local_runs.append(local_rate)
-                local_cpu.append(local_ms)
-            with_rate, with_p50, with_p99 = median_run(batched_runs)
-            without_rate, without_p50, without_p99 = median_run(plain_runs)
-            in_process = median(local_runs)
-            section = "embed-32"
-            report.add(section, "32 clients x 1 text/call, dynamic batching", with_rate, "texts/s")
-            report.add(section, "  latency p50 / p99", with_p50, "ms", f"p99 {with_p99:.0f} ms")
-            report.add(section, "32 clients x 1 text/call, batching off", without_rate, "texts/s")
-            report.add(section, "  latency p50 / p99", without_p50, "ms", f"p99 {without_p99:.0f} ms")
-            report.add(section, "in-process batched encode (same texts)", in_process, "texts/s")
-            report.add(section, "batching on / off", with_rate / without_rate, "ratio", "aim >= 3")
-            report.add(
-                section, "batching on / in-process batched", with_rate / in_process, "ratio", "aim >= 0.8"
-            )
-            report.add(section, "CPU per text: server process, batching on", median(served_cpu), "ms")
-            report.add(
-                section,
-                "CPU per text: the 32 client threads",
-                median(client_cpu),
-                "ms",
-                "the load generator shares the cores with the server",
-            )
-            report.add(section, "CPU per text: in-process batched encode", median(local_cpu), "ms")
-            report.add(
-                section,
-                "CPU per text: in-process / served",
-                median(local_cpu) / median(served_cpu),
-                "ratio",
-                "server efficiency, steady under load",
-            )
-            report.context["median_grpc_rate"] = median(grpc_rates)
+                clients_spend.stop(len(texts))
+                plain_runs.append(concurrent_calls(plain.address, texts, CLIENTS, embed_one))
         finally:
             batching.stop()
             plain.stop()
+    local_rates = [rate for rate, _ in local_runs]
+    batch_ratios = [rate / local for rate, local in zip(batch_rates, local_rates, strict=True)]
+    clients_ratios = [run[0] / local for run, local in zip(clients_runs, local_rates, strict=True)]
+    with_rate, with_p50, with_p99 = median_run(clients_runs)
+    without_rate, without_p50, without_p99 = median_run(plain_runs)
+
+    def rounds_note(ratios: list[float], aim: str) -> str:
+        return f"aim {aim}; rounds {', '.join(f'{ratio:.2f}' for ratio in ratios)}"
+
+    section = "embed"
+    words = f"{count} texts of 7-15 words, {rounds} rounds, median"
+    report.add(section, f"in-process encode, batch {BATCH}", median(local_rates), "texts/s", words)
+    report.add(section, f"gRPC Embed, {count // BATCH} calls of {BATCH}", median(batch_rates), "texts/s")
+    report.add(
+        section, "gRPC / in-process", median(batch_ratios), "ratio", rounds_note(batch_ratios, ">= 0.9")
+    )
+    report.add(section, "CPU per text: in-process encode", median([ms for _, ms in local_runs]), "ms")
+    batch_spend.report(report, section)
+
+    section = "embed-32"
+    report.add(section, f"{CLIENTS} clients x 1 text/call, dynamic batching", with_rate, "texts/s")
+    report.add(section, "  latency p50 / p99", with_p50, "ms", f"p99 {with_p99:.0f} ms")
+    report.add(section, f"{CLIENTS} clients x 1 text/call, batching off", without_rate, "texts/s")
+    report.add(section, "  latency p50 / p99", without_p50, "ms", f"p99 {without_p99:.0f} ms")
+    report.add(section, "batching on / off", with_rate / without_rate, "ratio", "aim >= 3")
+    report.add(
+        section,
+        "batching on / in-process batched",
+        median(clients_ratios),
+        "ratio",
+        rounds_note(clients_ratios, ">= 0.8"),
+    )
+    clients_spend.report(report, section)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.common import Report, machine_context
 
-SUITES = ["embedding", "http", "search", "backends", "index", "peers", "cluster"]
+SUITES = ["embedding", "http", "search", "backends", "index", "peers", "cluster", "warmup"]
 
 
 def main(argv: list[str] | None = None) -> int:

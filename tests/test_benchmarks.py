@@ -34,3 +34,39 @@ def test_tiny_benchmark_run_writes_json(tmp_path: Path) -> None:
     } <= names
     assert all(row["value"] > 0 for row in payload["results"] if row["unit"] in ("ratio", "texts/s"))
     assert "ratio" in result.stdout
+
+
+def run_gpu_bench(*args: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_bench", *args, "--json-out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_gpu_benchmark_without_a_gpu_says_so_and_succeeds(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: `make bench-gpu` measures it")
+    result = run_gpu_bench(out=tmp_path / "gpu.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no GPU" in result.stdout
+    assert not (tmp_path / "gpu.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_code_runs_on_the_cpu(tmp_path: Path) -> None:
+    """The GPU benchmark's measurements, run on the CPU at tiny sizes: every batch size and the
+    concurrent clients are measured through a real server."""
+    out = tmp_path / "gpu.json"
+    result = run_gpu_bench("--device", "cpu", "--tiny", out=out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    ratios = {row["section"] for row in rows if row["name"] == "gRPC / in-process"}
+    assert ratios == {"batch 1", "batch 8"}
+    assert any(row["name"] == "clients / in-process" for row in rows)
+    assert all(row["value"] > 0 for row in rows)

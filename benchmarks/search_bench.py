@@ -1,4 +1,11 @@
-"""Concurrent raw-vector searches (aim 5 of the throughput work): 32 clients, one query per call,
+"""Raw-vector searches: the per-call floor of one query per call, and 32 concurrent clients.
+
+Per-call floor: one-query Search calls one after another on a small flat index (FLOOR_VECTORS, k=10)
+against a vecserve server subprocess, taking turns with Health/Check calls to a bare grpcio server
+subprocess (the health service alone), both with prebuilt requests; the difference is what the service
+adds to a call (interceptors, message conversion, the store's search and its answer).
+
+Concurrent searches (aim 5 of the throughput work): 32 clients, one query per call,
 against a flat index, with search batching on and off, vs one batched in-process FAISS search.
 
 Each client is a thread with its own connection making one call per query (32 concurrent,
@@ -10,7 +17,10 @@ while searches are measured.
 
 from __future__ import annotations
 
+import argparse
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,9 +28,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from benchmarks.common import Report, concurrent_calls
+from benchmarks.common import Report, concurrent_calls, sequential_call_ms
 from clients import VecserveClient
-from clients.local_server import ServerProcess
+from clients.local_server import ServerProcess, free_port
 from service.index.model import Document, IndexKind
 from service.index.store import FLAT_BLAS_THRESHOLD, IndexStore
 
@@ -28,6 +38,8 @@ DIMENSION = 384
 CLIENTS = 32
 # The analogy vocabulary every fresh data directory builds at start-up would compete for the cores.
 SERVER_ENV = {"VECSERVE_VOCABULARY_SIZE": "1"}
+# Vectors of the index that measures the per-call floor: its search costs next to nothing.
+FLOOR_VECTORS = 1_000
 
 
 def unit_rows(count: int, seed: int) -> np.ndarray:
@@ -50,7 +62,74 @@ def search_one(client: VecserveClient, query: np.ndarray) -> None:
     client.search("bench", [query], k=10)
 
 
+def serve_bare_health(port: int) -> None:
+    """A grpcio server holding only the health service, until killed (run as a subprocess)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def per_call_floor(report: Report, scratch: Path, count: int) -> None:
+    """One-query Search vs a bare server's Health/Check, one call after another, taking turns."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from vecserve.v1 import index_pb2, index_pb2_grpc
+
+    vectors = unit_rows(FLOOR_VECTORS, 3)
+    data_dir = scratch / "floor"
+    build_data_dir(data_dir, vectors)
+    served = ServerProcess(data_dir, env=SERVER_ENV).start()
+    bare_port = free_port()
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.search_bench", "--bare-health", str(bare_port)]
+    )
+    channels = [grpc.insecure_channel(address) for address in (f"127.0.0.1:{bare_port}", served.address)]
+    try:
+        grpc.channel_ready_future(channels[0]).result(timeout=60)
+        bare_health = health_pb2_grpc.HealthStub(channels[0])
+        indexes = index_pb2_grpc.IndexServiceStub(channels[1])
+        check = health_pb2.HealthCheckRequest()
+        query = index_pb2.Query(vector=index_pb2.Vector(values=unit_rows(1, 4)[0].tolist()))
+        search = index_pb2.SearchRequest(index_name="bench", queries=[query], k=10)
+        with VecserveClient(served.address, timeout=60) as client:
+            query_vector = unit_rows(1, 4)[0]
+            ms = sequential_call_ms(
+                {
+                    "bare": lambda: bare_health.Check(check, timeout=10),
+                    "search": lambda: indexes.Search(search, timeout=10),
+                    "client": lambda: client.search("bench", [query_vector], k=10),
+                },
+                count,
+            )
+    finally:
+        for channel in channels:
+            channel.close()
+        bare.kill()
+        bare.wait()
+        served.stop()
+    section = "search-1"
+    report.add(section, f"bare gRPC server: Health/Check ({count} in a row)", ms["bare"], "ms")
+    report.add(section, f"vecserve: Search, 1 query, k=10, {FLOOR_VECTORS:,}-vector flat", ms["search"], "ms")
+    report.add(section, "vecserve: the same through VecserveClient.search", ms["client"], "ms")
+    report.add(
+        section,
+        "service share: Search - bare Health/Check",
+        ms["search"] - ms["bare"],
+        "ms",
+        "both servers in subprocesses, best of 5 interleaved rounds; machine shared",
+    )
+
+
 def run(report: Report) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        per_call_floor(report, Path(scratch), {"tiny": 50, "quick": 500, "full": 2000}[report.size])
     size = report.pick(tiny=5_000, quick=100_000, full=100_000)
     query_count = report.pick(tiny=256, quick=1_024, full=4_096)
     vectors, queries = unit_rows(size, 1), unit_rows(query_count, 2)
@@ -100,3 +179,9 @@ def run(report: Report) -> None:
     report.add(section, "batching on / in-process batched", on_rate / in_process, "ratio", "aim >= 0.5")
     report.add(section, f"batching on / in-process {CLIENTS} per call", on_rate / in_process_merged, "ratio")
     report.add(section, "batching on / off", on_rate / off_rate, "ratio")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="the bare health server of the per-call floor")
+    parser.add_argument("--bare-health", type=int, required=True, metavar="PORT")
+    serve_bare_health(parser.parse_args().bare_health)

@@ -22,16 +22,16 @@ import numpy as np
 from service.analogy.space import WORD_TEMPLATE, Vocabulary
 from service.common.durable import durable_replacement
 from service.embedding.protocol import TextEncoder
-from service.errors import FailedPrecondition, Overloaded
+from service.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
 VOCABULARY_DIRECTORY = ".vocabulary"
 # Bumped whenever the word selection or the file layout changes, so old files are not reused.
 FORMAT_VERSION = 1
-# Small chunks keep the build from holding up other callers of the shared encoder for long.
+# Words per encode call, for the progress reports; the encoder's background lane cuts them into
+# small batches and runs them only when live calls leave the model idle or have had their share.
 EMBED_CHUNK_WORDS = 512
-OVERLOADED_RETRY_SECONDS = 0.5
 # wordfreq's English list holds about 320,000 entries; about 90% of them pass the filter.
 _WORDFREQ_LIST_SIZE = 1_000_000
 _WORD = re.compile(r"[a-z]+")
@@ -155,7 +155,8 @@ class DefaultVocabulary:
         chunks = []
         for start in range(0, len(words), EMBED_CHUNK_WORDS):
             chunk = words[start : start + EMBED_CHUNK_WORDS]
-            chunks.append(self._encode_patiently([WORD_TEMPLATE.format(word) for word in chunk]))
+            texts = [WORD_TEMPLATE.format(word) for word in chunk]
+            chunks.append(self._encoder.encode(texts, normalize=True, background=True))
             self._embedded = start + len(chunk)
             self.words_embedded += len(chunk)
             elapsed = time.monotonic() - started
@@ -169,11 +170,3 @@ class DefaultVocabulary:
             )
         vectors = np.concatenate(chunks) if chunks else np.zeros((0, self._dimension), np.float32)
         return words, vectors
-
-    def _encode_patiently(self, texts: list[str]) -> np.ndarray:
-        """Encodes texts, waiting while the encoder's queue is full: live requests go first."""
-        while True:
-            try:
-                return self._encoder.encode(texts, normalize=True)
-            except Overloaded:
-                time.sleep(OVERLOADED_RETRY_SECONDS)

@@ -153,9 +153,13 @@ class RemoteEncoder:
         return self._call("embed", list(texts), normalize, truncate, is_cancelled=is_cancelled)
 
     def encode(
-        self, texts: Sequence[str], normalize: bool = True, is_cancelled: CancelCheck | None = None
+        self,
+        texts: Sequence[str],
+        normalize: bool = True,
+        is_cancelled: CancelCheck | None = None,
+        background: bool = False,
     ) -> np.ndarray:
-        return self._call("encode", list(texts), normalize, is_cancelled=is_cancelled)
+        return self._call("encode", list(texts), normalize, background, is_cancelled=is_cancelled)
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[TokenizedText]:
         return self._call("tokenize", list(texts), add_special_tokens)

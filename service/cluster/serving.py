@@ -144,8 +144,8 @@ class EncoderReplica:
     def embed(self, texts: list[str], normalize: bool, truncate: bool) -> Outcome:
         return outcome_of(lambda: self._encoder.embed(texts, normalize=normalize, truncate=truncate))
 
-    def encode(self, texts: list[str], normalize: bool) -> Outcome:
-        return outcome_of(lambda: self._encoder.encode(texts, normalize=normalize))
+    def encode(self, texts: list[str], normalize: bool, background: bool = False) -> Outcome:
+        return outcome_of(lambda: self._encoder.encode(texts, normalize=normalize, background=background))
 
     def tokenize(self, texts: list[str], add_special_tokens: bool) -> Outcome:
         return outcome_of(lambda: self._encoder.tokenize(texts, add_special_tokens=add_special_tokens))

@@ -12,6 +12,23 @@ while the callers of the previous batch are answered and send their next texts, 
 worker would wait for with the model idle. Batches are formed one at a time, each from at most an
 even share of the recent demand, so that concurrent callers are spread over the workers instead of
 all riding one batch.
+
+Background work (the vocabulary build: texts no caller is waiting for) goes through a lane of its own,
+so that it takes the model only when live calls leave it idle:
+
+- A background submission is cut into batches of at most `background_batch_tokens` tokens (texts x
+  longest), and only one background batch runs at a time. A live call never waits for more than that
+  one small batch (512 tokens by default: about 85 words of the vocabulary, tens of milliseconds on
+  a CPU); with two workers or more it does not wait at all, as a worker is always free for it.
+- Background batches run freely once live calls have been quiet for `background_quiet_seconds`
+  (no live job queued or running): the build then has the model to itself.
+- Under steady live load, the background lane still gets `background_share` of the model's tokens:
+  after a background batch of b tokens, the next one waits until live batches have run
+  b x (1 - share) / share tokens, and then goes ahead even of queued live calls. So a background job
+  of T tokens is done once the model has run at most T / share tokens: on a saturated model, about
+  1 / share times as long as alone (6.7 times at the default share of 0.15).
+- Background texts have a queue limit of their own (max_queued_texts, apart from the live queue's):
+  live calls are never refused because background work is queued.
 """
 
 from __future__ import annotations
@@ -53,6 +70,12 @@ class BatchingSettings:
     # Threads running batches at the same time (each model call still uses torch's own threads);
     # AUTO_MODEL_WORKERS leaves the choice to the encoder, which knows whether its model allows it.
     model_workers: int = 1
+    # The background lane (see the module docstring): the most tokens of one background batch (the
+    # longest wait it can cause a live call), the share of the model's tokens it keeps under steady
+    # live load, and how long live calls must have been quiet before it runs freely.
+    background_batch_tokens: int = 512
+    background_share: float = 0.15
+    background_quiet_seconds: float = 0.05
 
     def check(self, max_sequence_length: int, max_texts_per_request: int) -> None:
         """Refuses settings that cannot work with the model and the request limits."""
@@ -75,6 +98,15 @@ class BatchingSettings:
                 f"model workers must be between 1 and {MAX_MODEL_WORKERS} ({AUTO_MODEL_WORKERS}: chosen "
                 f"for the model), got {self.model_workers}"
             )
+        if self.background_batch_tokens < max_sequence_length:
+            raise InvalidSettings(
+                f"background batch tokens ({self.background_batch_tokens}) must be at least the model's "
+                f"max sequence length ({max_sequence_length}), or a long background text could not run"
+            )
+        if not 0 < self.background_share < 1:
+            raise InvalidSettings(
+                f"the background share must be between 0 and 1, got {self.background_share}"
+            )
 
 
 @dataclass
@@ -89,6 +121,42 @@ class _Job:
         return max(self.lengths)
 
 
+def _background_parts(job: _Job, max_tokens: int) -> list[_Job]:
+    """The job cut into runs of consecutive texts of at most max_tokens (texts x longest) each; a text
+    longer than that alone still makes a part of its own."""
+    parts: list[_Job] = []
+    start, longest = 0, 0
+    for end, length in enumerate(job.lengths):
+        longest = max(longest, length)
+        if end > start and (end - start + 1) * longest > max_tokens:
+            parts.append(_Job(job.texts[start:end], job.lengths[start:end], job.is_cancelled))
+            start, longest = end, length
+    parts.append(_Job(job.texts[start:], job.lengths[start:], job.is_cancelled))
+    return parts
+
+
+def _joined(parts: list[_Job]) -> Future[np.ndarray]:
+    """A future of the parts' rows, in order, set once every part is done (the first error if any)."""
+    joined: Future[np.ndarray] = Future()
+    remaining = [len(parts)]
+    lock = threading.Lock()
+
+    def part_done(_: Future[np.ndarray]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        errors = [part.result.exception() for part in parts if part.result.exception() is not None]
+        if errors:
+            joined.set_exception(errors[0])
+        else:
+            joined.set_result(np.concatenate([part.result.result() for part in parts]))
+
+    for part in parts:
+        part.result.add_done_callback(part_done)
+    return joined
+
+
 class DynamicBatcher:
     """Gathers concurrent jobs into batches for the worker threads that run the model."""
 
@@ -99,6 +167,15 @@ class DynamicBatcher:
         self._settings = settings
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
+        self._background: collections.deque[_Job] = collections.deque()
+        self._background_texts = 0
+        self._background_running = False
+        # Live tokens to run before the next background batch while live calls keep coming.
+        self._live_owed = 0.0
+        # When live calls were last seen (submitted or answered), and their batches running now.
+        self._last_live = float("-inf")
+        self._live_running = 0
+        self.background_texts_run = 0
         self._condition = threading.Condition()
         self._closed = False
         self.batches_run = 0
@@ -129,14 +206,21 @@ class DynamicBatcher:
         return len(self._workers)
 
     def submit(
-        self, texts: Sequence[Any], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
+        self,
+        texts: Sequence[Any],
+        lengths: Sequence[int],
+        is_cancelled: CancelCheck | None = None,
+        background: bool = False,
     ) -> Future[np.ndarray]:
         """Queues texts (with their token lengths, capped at the model limit); the future gets their rows,
-        or Cancelled when `is_cancelled` says the caller has gone before the texts reach the model."""
+        or Cancelled when `is_cancelled` says the caller has gone before the texts reach the model.
+        `background` texts go through the background lane (see the module docstring)."""
         job = _Job(list(texts), [max(1, n) for n in lengths], is_cancelled)
         with self._condition:
             if self._closed:
                 raise Overloaded("the encoder is shutting down")
+            if background:
+                return self._submit_background(job)
             if self._queued_texts + len(job.texts) > self._settings.max_queued_texts:
                 raise Overloaded(
                     f"the embedding queue is full ({self._queued_texts} texts queued, limit "
@@ -144,14 +228,32 @@ class DynamicBatcher:
                 )
             self._queue.append(job)
             self._queued_texts += len(job.texts)
+            self._last_live = time.monotonic()
             # Every waiter rechecks: the gathering worker and the ones waiting for their turn alike.
             self._condition.notify_all()
         return job.result
 
+    def _submit_background(self, job: _Job) -> Future[np.ndarray]:
+        """Queues a job in the background lane, in parts of one background batch (call with the lock held)."""
+        if self._background_texts + len(job.texts) > self._settings.max_queued_texts:
+            raise Overloaded(
+                f"the background queue is full ({self._background_texts} texts queued, limit "
+                f"{self._settings.max_queued_texts})"
+            )
+        parts = _background_parts(job, self._settings.background_batch_tokens)
+        self._background.extend(parts)
+        self._background_texts += len(job.texts)
+        self._condition.notify_all()
+        return _joined(parts)
+
     def run(
-        self, texts: Sequence[Any], lengths: Sequence[int], is_cancelled: CancelCheck | None = None
+        self,
+        texts: Sequence[Any],
+        lengths: Sequence[int],
+        is_cancelled: CancelCheck | None = None,
+        background: bool = False,
     ) -> np.ndarray:
-        return self.submit(texts, lengths, is_cancelled).result()
+        return self.submit(texts, lengths, is_cancelled, background).result()
 
     def close(self) -> None:
         with self._condition:
@@ -162,15 +264,21 @@ class DynamicBatcher:
 
     def _drop_cancelled_head(self) -> None:
         """Drops the jobs at the head of the queue whose caller has gone (call with the lock held)."""
-        while self._queue and self._queue[0].is_cancelled is not None and self._queue[0].is_cancelled():
-            job = self._queue.popleft()
-            self._queued_texts -= len(job.texts)
+        self._queued_texts -= self._drop_cancelled(self._queue)
+
+    def _drop_cancelled(self, queue: collections.deque[_Job]) -> int:
+        """Drops the jobs at the head of a queue whose caller has gone; returns their texts."""
+        texts = 0
+        while queue and queue[0].is_cancelled is not None and queue[0].is_cancelled():
+            job = queue.popleft()
+            texts += len(job.texts)
             self.cancelled_jobs += 1
             job.result.set_exception(Cancelled("the call ended before its texts reached the model"))
+        return texts
 
-    def _take_batch(self) -> list[_Job]:
+    def _take_batch(self) -> tuple[list[_Job], bool]:
         """Waits for the gathering turn and the first job, then gathers more within the token budget,
-        the worker's share of the demand and the wait."""
+        the worker's share of the demand and the wait; says whether it is a background batch."""
         with self._condition:
             while self._gathering and not self._closed:
                 self._condition.wait()
@@ -181,14 +289,18 @@ class DynamicBatcher:
                 self._gathering = False
                 self._condition.notify_all()
 
-    def _gather(self) -> list[_Job]:
+    def _gather(self) -> tuple[list[_Job], bool]:
         """The batch of the worker holding the gathering turn (call with the lock held)."""
-        self._drop_cancelled_head()
-        while not self._queue and not self._closed:
-            self._condition.wait()
+        while True:
             self._drop_cancelled_head()
-        if not self._queue:
-            return []
+            self._background_texts -= self._drop_cancelled(self._background)
+            if self._background_turn():
+                return self._take_background(), True
+            if self._queue:
+                break
+            if self._closed and not self._background:
+                return [], False
+            self._condition.wait(self._until_background_turn())
         batch = [self._queue.popleft()]
         texts, longest = len(batch[0].texts), batch[0].longest
         last_arrival = time.monotonic()
@@ -221,6 +333,48 @@ class DynamicBatcher:
             self._condition.wait(remaining)
         self._queued_texts -= texts
         self._running += 1
+        self._live_running += 1
+        self._live_owed -= sum(sum(job.lengths) for job in batch)
+        return batch, False
+
+    def _live_quiet(self) -> bool:
+        """Whether live calls have left the model idle for the quiet time (call with the lock held)."""
+        quiet_since = self._last_live + self._settings.background_quiet_seconds
+        return not self._queue and not self._live_running and time.monotonic() >= quiet_since
+
+    def _background_turn(self) -> bool:
+        """Whether the next batch is a background one (call with the lock held): one is queued and none
+        runs, and either live calls are quiet (or the batcher closing) or they have had their share."""
+        if not self._background or self._background_running:
+            return False
+        if self._closed or self._live_quiet():
+            self._live_owed = 0.0  # an idle live lane is owed nothing
+        return self._live_owed <= 0
+
+    def _until_background_turn(self) -> float | None:
+        """How long a gathering worker with no turn to take may wait (None: until notified)."""
+        if not self._background or self._background_running or self._queue or self._live_running:
+            return None  # a submission or the end of a batch notifies
+        quiet_since = self._last_live + self._settings.background_quiet_seconds
+        return max(0.0, quiet_since - time.monotonic())
+
+    def _take_background(self) -> list[_Job]:
+        """The next background batch: queued parts while they fit (call with the lock held)."""
+        batch = [self._background.popleft()]
+        texts, longest = len(batch[0].texts), batch[0].longest
+        while self._background:
+            candidate = self._background[0]
+            padded = (texts + len(candidate.texts)) * max(longest, candidate.longest)
+            if padded > self._settings.background_batch_tokens:
+                break
+            batch.append(self._background.popleft())
+            texts += len(candidate.texts)
+            longest = max(longest, candidate.longest)
+        self._background_texts -= texts
+        self._background_running = True
+        self._running += 1
+        share = self._settings.background_share
+        self._live_owed += sum(sum(job.lengths) for job in batch) * (1 - share) / share
         return batch
 
     def _share(self, taken: int) -> float:
@@ -235,9 +389,20 @@ class DynamicBatcher:
         demand = max(sum(self._worker_batch_jobs), taken + len(self._queue))
         return math.ceil(demand / free)
 
+    def _batch_ended(self, background: bool) -> None:
+        """Counts a batch as no longer running (call with the lock held)."""
+        self._running -= 1
+        if background:
+            self._background_running = False
+        else:
+            self._live_running -= 1
+            self._last_live = time.monotonic()
+        if self._background:
+            self._condition.notify_all()  # the background lane may have its turn now
+
     def _work(self, index: int) -> None:
         while True:
-            batch = self._take_batch()
+            batch, background = self._take_batch()
             if not batch:
                 return
             texts = [text for job in batch for text in job.texts]
@@ -246,16 +411,20 @@ class DynamicBatcher:
             except Exception as error:  # the callers get the error; the worker lives on
                 log.exception("batch of %d texts failed", len(texts))
                 with self._condition:
-                    self._running -= 1
+                    self._batch_ended(background)
                 for job in batch:
                     job.result.set_exception(error)
                 continue
             with self._condition:
-                self._running -= 1
+                self._batch_ended(background)
                 self.batches_run += 1
-                self._last_batch_jobs = len(batch)
-                self._last_batch_end = time.monotonic()
-                self._worker_batch_jobs[index] = len(batch)
+                if background:
+                    self.background_texts_run += len(texts)
+                else:
+                    # Only live batches tell how many callers keep the model busy.
+                    self._last_batch_jobs = len(batch)
+                    self._last_batch_end = time.monotonic()
+                    self._worker_batch_jobs[index] = len(batch)
             if self.on_batch is not None:
                 self.on_batch(len(texts))
             start = 0

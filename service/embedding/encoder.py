@@ -264,12 +264,19 @@ class Encoder:
         return EmbedResult(vectors=vectors, token_counts=token_counts, truncated=truncated)
 
     def encode(
-        self, texts: Sequence[str], normalize: bool = True, is_cancelled: CancelCheck | None = None
+        self,
+        texts: Sequence[str],
+        normalize: bool = True,
+        is_cancelled: CancelCheck | None = None,
+        background: bool = False,
     ) -> np.ndarray:
-        """Just the vectors, float32, one row per text (inputs over the limit are cut)."""
+        """Just the vectors, float32, one row per text (inputs over the limit are cut).
+
+        `background` work (no caller waiting for it) yields the model to live calls: see the
+        batcher's background lane."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._vectors(self._prepare(texts)[0], normalize, is_cancelled)
+        return self._vectors(self._prepare(texts)[0], normalize, is_cancelled, background)
 
     @property
     def tokenizes_once(self) -> bool:
@@ -291,10 +298,15 @@ class Encoder:
         return [TextInput(text, min(count, limit)) for text, count in zip(texts, counts, strict=True)], counts
 
     def _vectors(
-        self, model_inputs: list[ModelInput], normalize: bool, is_cancelled: CancelCheck | None = None
+        self,
+        model_inputs: list[ModelInput],
+        normalize: bool,
+        is_cancelled: CancelCheck | None = None,
+        background: bool = False,
     ) -> np.ndarray:
         if self._batcher is not None:
-            vectors = self._batcher.run(model_inputs, [len(item) for item in model_inputs], is_cancelled)
+            lengths = [len(item) for item in model_inputs]
+            vectors = self._batcher.run(model_inputs, lengths, is_cancelled, background)
         else:
             with self._model_lock:
                 # The wait for the lock is where a caller may give up.

@@ -16,8 +16,9 @@ class TextEncoder(Protocol):
     @property
     def dimension(self) -> int: ...
 
-    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
-        """One row per text: unit length when normalize, else the model's raw output."""
+    def encode(self, texts: Sequence[str], normalize: bool = True, background: bool = False) -> np.ndarray:
+        """One row per text: unit length when normalize, else the model's raw output. `background`
+        work (no caller waiting for it, such as the vocabulary build) yields the model to live calls."""
         ...
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[TokenizedText]:

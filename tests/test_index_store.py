@@ -435,6 +435,7 @@ def test_a_starved_approximate_search_falls_back_to_exact(
     for name in ("exact", "ivf"):
         store.upsert(name, documents[:1000])
         store.upsert(name, documents[1000:])
+    store.wait_for_builds("ivf")  # training runs in the background
     assert store.get_index("ivf").trained
     condition = [Condition("allowed", equals=True)]
     found = store.search("ivf", [Query(vector=query)], k=25, conditions=condition)[0]
@@ -518,6 +519,7 @@ def test_approximate_kinds_reach_recall_at_10_against_flat(store: IndexStore, ki
     store.create_index("approximate", dimension, kind=kind, params=params)
     add_vectors(store, "exact", vectors, batch=1000)
     add_vectors(store, "approximate", vectors, batch=1000)
+    store.wait_for_builds("approximate")
     info = store.get_index("approximate")
     assert info.trained == bool(info.spec.training_threshold)
     truth = store.search("exact", queries, k=10)
@@ -551,6 +553,7 @@ def test_kinds_that_train_search_exactly_until_the_threshold(
     assert [ids_of(hits) for hits in before] == [ids_of(hits) for hits in truth]
     add_vectors(store, "exact", vectors[-1:], start=threshold - 1)
     add_vectors(store, "trains", vectors[-1:], start=threshold - 1)
+    store.wait_for_builds("trains")
     info = store.get_index("trains")
     assert info.trained and info.document_count == threshold
     assert info.memory_bytes < store.get_index("exact").memory_bytes or kind == "ivf_flat"
@@ -575,6 +578,7 @@ def test_restart_restores_everything(store: IndexStore, kind: str) -> None:
     store.upsert("docs", [Document(id="doc-3", text="third", metadata={"tag": "x"}, vector=vectors[4])])
     store.delete_documents("docs", [f"doc-{i}" for i in range(100, 200)])
     queries = [Query(vector=v) for v in random_vectors(10, seed=2)]
+    store.wait_for_builds("docs")
     before_info = store.get_index("docs")
     before = store.search("docs", queries, k=10)
     reopened = reopen(store)
@@ -673,9 +677,10 @@ def test_hnsw_tombstones_survive_restarts_and_compaction_drops_them(store: Index
         ids_of(store.search("docs", [Query(vector=vectors[0])], k=100)[0])
     )
     assert store.get_index("docs").document_count == 450
-    store.delete_documents("docs", [f"doc-{i}" for i in range(50, 200)])  # 40%: compacted at the snapshot
     memory_before = store.get_index("docs").memory_bytes
-    store.snapshot("docs")
+    store.delete_documents("docs", [f"doc-{i}" for i in range(50, 200)])  # 40%: the graph is rebuilt
+    # Rebuilt in the background, from the moment the deletions pass the compaction fraction.
+    store.wait_for_builds("docs")
     assert store.get_index("docs").memory_bytes < 0.7 * memory_before
     hits = store.search("docs", [Query(vector=vectors[i]) for i in range(200, 500, 30)], k=1)
     assert [h[0].id for h in hits] == [f"doc-{i}" for i in range(200, 500, 30)]

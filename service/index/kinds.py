@@ -90,6 +90,8 @@ class KindStrategy(Generic[P]):
     # Quantized kinds hold codes, not vectors, once trained: their best candidates are re-scored
     # exactly with the stored vectors.
     quantized: ClassVar[bool] = False
+    # Kinds that train build their structure from a training on the stored vectors (trained_structure).
+    trains: ClassVar[bool] = False
 
     def __init__(self, spec: IndexSpec) -> None:
         self.spec = spec
@@ -120,10 +122,15 @@ class KindStrategy(Generic[P]):
         """For kinds that train: whether the trained structure (not the exact stand-in) is in place."""
         return False
 
-    def train_if_due(self, structure: faiss.Index) -> faiss.Index | None:
-        """A trained structure holding `structure`'s vectors once it holds training_threshold of them;
-        None until then, and for kinds that do not train."""
-        return None
+    def rebuild_due(self, structure: faiss.Index, tombstones: int) -> bool:
+        """Whether the structure should be replaced by one built afresh from the record (in the
+        background): the trained structure once training_threshold vectors are stored, a graph without
+        its tombstoned vectors once they are many."""
+        return False
+
+    def trained_structure(self, vectors: np.ndarray) -> faiss.Index:
+        """For kinds that train: their structure, trained on `vectors` and still empty."""
+        raise NotImplementedError
 
     def reranks(self, structure: faiss.Index) -> bool:
         """Whether searches of this structure re-score their candidates exactly."""
@@ -161,10 +168,6 @@ class KindStrategy(Generic[P]):
         """Takes the vectors out of every search; returns how many left the structure itself."""
         structure.remove_ids(faiss.IDSelectorBatch(faiss_ids))
         return len(faiss_ids)
-
-    def needs_compaction(self, structure: faiss.Index, tombstones: int) -> bool:
-        """Whether the structure should be rebuilt without its tombstoned vectors before a snapshot."""
-        return False
 
 
 class FlatKind(KindStrategy[None]):
@@ -205,7 +208,7 @@ class HnswKind(KindStrategy[HnswParams]):
         tombstones.update(faiss_ids.tolist())
         return 0
 
-    def needs_compaction(self, structure: faiss.Index, tombstones: int) -> bool:
+    def rebuild_due(self, structure: faiss.Index, tombstones: int) -> bool:
         return tombstones > HNSW_COMPACT_FRACTION * structure.ntotal
 
 
@@ -213,22 +216,21 @@ class _TrainingKind(KindStrategy[P]):
     """A kind that trains: exact search until training_threshold vectors are stored, then trained on all
     of them (see IndexSpec.training_threshold)."""
 
+    trains = True
+
     def _untrained_structure(self) -> faiss.Index:
         raise NotImplementedError
 
     def _train(self, structure: faiss.Index, vectors: np.ndarray) -> None:
         structure.train(vectors)
 
-    def train_if_due(self, structure: faiss.Index) -> faiss.Index | None:
-        if structure.ntotal < self.spec.training_threshold or self.is_trained(structure):
-            return None
-        ids = structure_ids(structure)
-        flat = faiss.downcast_index(structure.index)
-        vectors = faiss.vector_to_array(flat.codes).view(np.float32).reshape(-1, self.spec.dimension)
-        log.info("index %s: training %s on %d vectors", self.spec.name, self.spec.kind.value, len(ids))
+    def rebuild_due(self, structure: faiss.Index, tombstones: int) -> bool:
+        return structure.ntotal >= self.spec.training_threshold and not self.is_trained(structure)
+
+    def trained_structure(self, vectors: np.ndarray) -> faiss.Index:
+        log.info("index %s: training %s on %d vectors", self.spec.name, self.spec.kind.value, len(vectors))
         trained = self._untrained_structure()
         self._train(trained, vectors)
-        trained.add_with_ids(vectors, ids)
         return trained
 
     def _is_own_type(self, structure: faiss.Index) -> bool:

@@ -14,11 +14,12 @@ import numpy as np
 
 from service.common.read_write_lock import ReadWriteLock
 from service.common.thread_share import ThreadShare
+from service.index.builds import BuildQueue, ChangeLog
 from service.index.exact import Ranking, candidates_to_rerank, exact_search, rerank
 from service.index.filters import Condition
 from service.index.kinds import SearchTuning, kind_strategy, memory_bytes, structure_ids
 from service.index.model import IndexSpec, PreparedDocument
-from service.index.record import LOAD_CHUNK, Record
+from service.index.record import LOAD_CHUNK, FrozenRecord, Record
 from service.index.snapshots import read_snapshot, serialize, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ EXACT_FILTER_LIMIT = 2048
 # if there are at most this many (beyond it, the approximate hits are returned as they are).
 EXACT_FALLBACK_LIMIT = 200_000
 
+# A build adds the changes written meanwhile to its structure in rounds outside the write lock while
+# a round brings more than this many; the last few are added under the write lock, at the swap.
+SWAP_CHANGES = 2_000
+CATCH_UP_ROUNDS = 8
+
 # Numbers each opened index, so that a deleted and re-created index never looks like the old one.
 _INDEX_SERIALS = itertools.count(1)
 
@@ -36,7 +42,14 @@ _INDEX_SERIALS = itertools.count(1)
 class OpenIndex:
     """One open index: its record (SQLite), its search structure (FAISS) and their locks."""
 
-    def __init__(self, path: Path, spec: IndexSpec, snapshot_every: int, search_threads: ThreadShare) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: IndexSpec,
+        snapshot_every: int,
+        search_threads: ThreadShare,
+        builds: BuildQueue,
+    ) -> None:
         self.serial = next(_INDEX_SERIALS)
         # Bumped by every write and delete (under the write lock): what readers' caches compare.
         self.version = 0
@@ -53,7 +66,16 @@ class OpenIndex:
         self.strategy = kind_strategy(spec)
         self.record = Record(path, spec.dimension)
         self.document_count = 0
+        self._builds = builds
+        # A build is queued or running (set under the write lock or while opening, cleared by the build).
+        self.build_requested = False
+        self._build_ended = threading.Condition()
+        # A build failed: the structure in place keeps serving, and no build is tried until a restart.
+        self._build_failed = False
+        # While a build runs: what was written since it took its copy of the record.
+        self._build_log: ChangeLog | None = None
         self.structure = self._load_structure()
+        self._request_build_if_due()
 
     # -- the FAISS structure ---------------------------------------------------------------------
 
@@ -80,7 +102,7 @@ class OpenIndex:
                     len(missing),
                     len(stale),
                 )
-        return self._maybe_train(structure)
+        return structure
 
     def _add(self, structure: faiss.Index, faiss_ids: np.ndarray) -> None:
         for start in range(0, len(faiss_ids), LOAD_CHUNK):
@@ -93,14 +115,6 @@ class OpenIndex:
             return 0
         return self.strategy.remove(structure, faiss_ids, self.tombstones)
 
-    def _maybe_train(self, structure: faiss.Index) -> faiss.Index:
-        """Swaps the exact stand-in for the trained structure once training_threshold vectors exist."""
-        trained = self.strategy.train_if_due(structure)
-        if trained is None:
-            return structure
-        self.changes_since_snapshot += trained.ntotal
-        return trained
-
     def snapshot(self) -> None:
         """Writes the structure durably and points the manifest at it; old snapshots are removed.
 
@@ -111,11 +125,6 @@ class OpenIndex:
             with self.lock.read():
                 if self.closed:
                     return
-                needs_compaction = self.strategy.needs_compaction(self.structure, len(self.tombstones))
-            if needs_compaction:
-                with self.lock.write():
-                    self._compact()
-            with self.lock.read():
                 data = serialize(self.structure)
                 changes, self.changes_since_snapshot = self.changes_since_snapshot, 0
             try:
@@ -124,15 +133,116 @@ class OpenIndex:
                 self.changes_since_snapshot += changes
                 raise
 
-    def _compact(self) -> None:
-        """Rebuilds an HNSW graph without its tombstoned vectors (HNSW cannot remove them)."""
-        log.info(
-            "index %s: rebuilding the graph without %d deleted vectors", self.spec.name, len(self.tombstones)
-        )
-        structure = self.strategy.empty_structure()
-        self._add(structure, self.record.live_ids_for_build())
-        self.structure = structure
-        self.tombstones.clear()
+    # -- background builds -------------------------------------------------------------------------
+
+    def _request_build_if_due(self) -> None:
+        """Queues a build when the kind calls for one (callers hold the write lock or are opening)."""
+        if self.build_requested or self._build_failed or self.closed:
+            return
+        if not self.strategy.rebuild_due(self.structure, len(self.tombstones)):
+            return
+        self.build_requested = True
+        try:
+            self._builds.submit(self._build)
+        except RuntimeError:  # the store is closing: the next start asks again
+            self.build_requested = False
+
+    def _build(self) -> None:
+        """Builds the kind's structure aside from a consistent copy of the record while writes and
+        searches go on with the structure in place, then swaps it in under a short write lock.
+
+        Nothing here writes the record: a crash at any point leaves the record and the last snapshot as
+        they were, and the next start asks for the build again.
+        """
+        built: tuple[faiss.Index, set[int], ChangeLog] | None = None
+        try:
+            built = self._build_aside()
+        except Exception:
+            log.exception("index %s: background build failed; the current structure serves", self.spec.name)
+            self._build_failed = True
+        with self.lock.write():
+            if built is not None and not self.closed:
+                structure, tombstones, change_log = built
+                self._catch_up(structure, tombstones, change_log.take())
+                self.structure, self.tombstones = structure, tombstones
+                self.changes_since_snapshot += structure.ntotal
+                log.info("index %s: the new structure serves (%d vectors)", self.spec.name, structure.ntotal)
+            self._build_log = None
+        try:
+            if built is not None:
+                # Durably now, so that a restart need not build it again.
+                self.snapshot()
+        except Exception:
+            log.exception("index %s: snapshot after the build failed; the record is intact", self.spec.name)
+        finally:
+            with self.lock.write():
+                with self._build_ended:
+                    self.build_requested = False
+                    self._build_ended.notify_all()
+                self._request_build_if_due()
+
+    def _build_aside(self) -> tuple[faiss.Index, set[int], ChangeLog] | None:
+        """The new structure and its tombstones, holding every change written up to a recent moment,
+        and the log of the changes since; None when the index closed or the build is no longer due."""
+        with self.lock.read():
+            # Writers are held back: the copy of the record and the start of the change log match.
+            if self.closed or not self.strategy.rebuild_due(self.structure, len(self.tombstones)):
+                return None
+            frozen = self.record.frozen()
+            change_log = self._build_log = ChangeLog()
+        try:
+            structure = self._build_structure(frozen)
+        finally:
+            frozen.close()
+        tombstones: set[int] = set()
+        for _ in range(CATCH_UP_ROUNDS):
+            with self.lock.read():  # writers, the only ones to log changes, are held back
+                changes = change_log.take()
+            self._catch_up(structure, tombstones, changes)
+            if len(changes) <= SWAP_CHANGES:
+                break
+        return structure, tombstones, change_log
+
+    def _build_structure(self, frozen: FrozenRecord) -> faiss.Index:
+        """The kind's structure holding the frozen record's vectors: trained on all of them for kinds
+        that train, a graph without tombstones for HNSW."""
+        with self._build_threads():
+            if self.strategy.trains:
+                vectors = frozen.vectors(frozen.ids)
+                structure = self.strategy.trained_structure(vectors)
+                structure.add_with_ids(vectors, frozen.ids)
+                return structure
+            log.info("index %s: rebuilding the graph without its deleted vectors", self.spec.name)
+            structure = self.strategy.empty_structure()
+            for start in range(0, len(frozen.ids), LOAD_CHUNK):
+                chunk = frozen.ids[start : start + LOAD_CHUNK]
+                structure.add_with_ids(frozen.vectors(chunk), chunk)
+            return structure
+
+    def _catch_up(self, structure: faiss.Index, tombstones: set[int], changes: ChangeLog) -> None:
+        """Applies changes logged during a build to its structure (ids removed are all in it: an id
+        added during the build and removed again never reaches it)."""
+        if changes.removed:
+            self.strategy.remove(structure, np.fromiter(changes.removed, dtype=np.int64), tombstones)
+        if changes.added:
+            structure.add_with_ids(
+                np.stack(list(changes.added.values())), np.fromiter(changes.added, dtype=np.int64)
+            )
+
+    @contextlib.contextmanager
+    def _build_threads(self) -> Iterator[None]:
+        """FAISS threads of the build queue's thread (OpenMP's setting is per calling thread)."""
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self._builds.threads)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(previous)
+
+    def wait_for_builds(self) -> None:
+        """Returns once no build is queued or running (or the index is closed)."""
+        with self._build_ended:
+            self._build_ended.wait_for(lambda: not self.build_requested or self.closed)
 
     # -- writes (callers hold the write lock) ----------------------------------------------------
 
@@ -140,19 +250,26 @@ class OpenIndex:
         """Stores the documents (replacing same ids) durably, then updates the search structure."""
         old_ids, new_ids = self.record.replace(documents)
         # Durable from here on; the structure follows.
+        vectors = np.stack([d.vector for d in documents])  # type: ignore[misc]
         self._remove(self.structure, old_ids)
-        self.structure.add_with_ids(np.stack([d.vector for d in documents]), new_ids)  # type: ignore[misc]
+        self.structure.add_with_ids(vectors, new_ids)
+        if self._build_log is not None:
+            self._build_log.record_removed(old_ids)
+            self._build_log.record_added(new_ids, vectors)
         self.document_count += len(documents) - len(old_ids)
         self.changes_since_snapshot += len(documents) + len(old_ids)
         self.version += 1
-        self.structure = self._maybe_train(self.structure)
+        self._request_build_if_due()
 
     def delete(self, ids: Sequence[str]) -> int:
         old_ids = self.record.delete(ids)
         self._remove(self.structure, old_ids)
+        if self._build_log is not None:
+            self._build_log.record_removed(old_ids)
         self.document_count -= len(old_ids)
         self.changes_since_snapshot += len(old_ids)
         self.version += 1
+        self._request_build_if_due()
         return len(old_ids)
 
     # -- reads (callers hold the read lock) ------------------------------------------------------
@@ -262,5 +379,8 @@ class OpenIndex:
                 faiss.omp_set_num_threads(previous)
 
     def close(self) -> None:
-        self.closed = True
+        """Closes the record (callers hold the write lock); a build still queued finds the index closed."""
+        with self._build_ended:
+            self.closed = True
+            self._build_ended.notify_all()
         self.record.close()

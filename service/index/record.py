@@ -265,15 +265,44 @@ class Record:
         return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
     def _vectors(self, connection: sqlite3.Connection, faiss_ids: np.ndarray) -> np.ndarray:
-        vectors = np.empty((len(faiss_ids), self._dimension), dtype=np.float32)
-        for start in range(0, len(faiss_ids), LOAD_CHUNK):
-            chunk = faiss_ids[start : start + LOAD_CHUNK]
-            rows = connection.execute(
-                "SELECT faiss_id, vector FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(chunk.tolist()),),
-            ).fetchall()
-            by_id = {faiss_id: blob for faiss_id, blob in rows}
-            vectors[start : start + len(chunk)] = vectors_from_blobs(
-                [by_id[int(i)] for i in chunk], self._dimension
-            )
-        return vectors
+        return _read_vectors(connection, faiss_ids, self._dimension)
+
+    def frozen(self) -> FrozenRecord:
+        """The record as it is now, for building a structure aside while writes go on; callers hold the
+        read or write lock while it is made, and close it when done."""
+        return FrozenRecord(self._path, self._dimension)
+
+
+class FrozenRecord:
+    """The record as it was when this was made: a read transaction on a connection of its own, which
+    WAL keeps unchanged by later commits. It holds back checkpoints while open, so builds close it as
+    soon as they have read what they need."""
+
+    def __init__(self, path: Path, dimension: int) -> None:
+        self._dimension = dimension
+        self._connection = _connect(path)
+        self._connection.execute("PRAGMA query_only=ON")
+        self._connection.execute("BEGIN")
+        # The transaction's first read fixes the state every later read of it sees.
+        self.ids = np.sort(Record._live_ids(self._connection))
+
+    def vectors(self, faiss_ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of the given ids, in the given order."""
+        return _read_vectors(self._connection, faiss_ids, self._dimension)
+
+    def close(self) -> None:
+        self._connection.execute("ROLLBACK")
+        self._connection.close()
+
+
+def _read_vectors(connection: sqlite3.Connection, faiss_ids: np.ndarray, dimension: int) -> np.ndarray:
+    vectors = np.empty((len(faiss_ids), dimension), dtype=np.float32)
+    for start in range(0, len(faiss_ids), LOAD_CHUNK):
+        chunk = faiss_ids[start : start + LOAD_CHUNK]
+        rows = connection.execute(
+            "SELECT faiss_id, vector FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(chunk.tolist()),),
+        ).fetchall()
+        by_id = {faiss_id: blob for faiss_id, blob in rows}
+        vectors[start : start + len(chunk)] = vectors_from_blobs([by_id[int(i)] for i in chunk], dimension)
+    return vectors

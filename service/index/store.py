@@ -23,9 +23,12 @@ start).
 Kinds that train (ivf_flat, ivf_pq, sq8) answer with exact search until `training_threshold` vectors
 are stored, then train on all stored vectors and switch (see `training_threshold`; each kind's
 behaviour is its strategy in kinds.py). HNSW cannot remove vectors, so deleted ones are tombstoned
-(excluded from every search) and the graph is rebuilt at snapshot time once tombstones pass
-HNSW_COMPACT_FRACTION of it. Quantized kinds re-score their best candidates with the stored vectors
-(RERANK_FACTOR, exact.py).
+(excluded from every search) and the graph is rebuilt once tombstones pass HNSW_COMPACT_FRACTION of it.
+Training and rebuilding run in the background (builds.py, OpenIndex._build): from a consistent copy of
+the record, one build at a time, at low CPU priority, while writes and searches go on with the
+structure in place; the changes written meanwhile are logged and added before the new structure is
+swapped in under a short write lock, then snapshotted. Quantized kinds re-score their best candidates
+with the stored vectors (RERANK_FACTOR, exact.py).
 
 Metadata filters run inside the search (filters.py, open_index.py): an indexed (key, kind, value)
 table yields the FAISS ids that pass, which FAISS gets as an IDSelector. At most EXACT_FILTER_LIMIT of
@@ -58,6 +61,7 @@ from service.common.thread_share import ThreadShare
 from service.common.validation import check_unicode
 from service.embedding.protocol import TextEncoder
 from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
+from service.index.builds import BuildQueue
 from service.index.filters import Condition
 from service.index.kinds import check_params
 from service.index.model import (
@@ -180,6 +184,7 @@ class IndexStore:
                 f"data directory {self.data_dir} is in use by another vecserve process"
             ) from None
         self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self._builds = BuildQueue(self._search_threads.threads)
         try:
             self._open_all()
         except BaseException:
@@ -206,7 +211,7 @@ class IndexStore:
 
     def _open(self, path: Path) -> OpenIndex:
         spec = IndexSpec.from_json(path.name, read_spec_json(path))
-        return OpenIndex(path, spec, self._snapshot_every, self._search_threads)
+        return OpenIndex(path, spec, self._snapshot_every, self._search_threads, self._builds)
 
     # -- index management ------------------------------------------------------------------------
 
@@ -244,7 +249,7 @@ class IndexStore:
             fsync_directory(staging)
             os.rename(staging, target)
             fsync_directory(self.data_dir)
-            index = OpenIndex(target, spec, self._snapshot_every, self._search_threads)
+            index = OpenIndex(target, spec, self._snapshot_every, self._search_threads, self._builds)
             self._indexes[name] = index
         return self._info(index)
 
@@ -448,13 +453,19 @@ class IndexStore:
         """Writes the index's search structure to disk now (normally done every snapshot_every changes)."""
         self._get(name).snapshot()
 
+    def wait_for_builds(self, name: str) -> None:
+        """Returns once the index has no background build (training, HNSW compaction) queued or running."""
+        self._get(name).wait_for_builds()
+
     def close(self) -> None:
-        """Waits for pending snapshots, snapshots every index with unsaved changes, and closes."""
+        """Lets a running build finish (queued ones are asked for again at the next start), waits for
+        pending snapshots, snapshots every index with unsaved changes, and closes."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             indexes = list(self._indexes.values())
+        self._builds.close()
         self._snapshots.shutdown(wait=True)
         for index in indexes:
             if index.changes_since_snapshot:

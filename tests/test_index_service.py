@@ -19,6 +19,7 @@ from clients.client import build_filter, make_document, python_value
 from service.config import Settings
 from service.embedding.encoder import Encoder
 from service.grpc_server.server import create_server
+from tests.waiting import wait_until
 
 CORPUS = {
     "eiffel": "The Eiffel Tower is a wrought-iron lattice tower in Paris.",
@@ -437,7 +438,8 @@ def test_search_parameters_per_request_trade_speed_for_recall(client: VecserveCl
     )
     for start in range(0, len(documents), 1000):
         client.upsert(lists, documents[start : start + 1000])
-    assert client.get_index(lists).trained
+    # Trained in the background once enough vectors are stored; searched exactly until then.
+    wait_until(lambda: client.get_index(lists).trained, "the ivf index to be trained")
     one_list, every_list = recall(lists), recall(lists, nprobe=8)
     assert every_list == 1.0 and one_list < every_list
 

@@ -334,7 +334,8 @@ class DynamicBatcher:
         self._queued_texts -= texts
         self._running += 1
         self._live_running += 1
-        self._live_owed -= sum(sum(job.lengths) for job in batch)
+        # Never below zero: a long stretch of live work earns the background lane one turn, not many.
+        self._live_owed = max(0.0, self._live_owed - sum(sum(job.lengths) for job in batch))
         return batch, False
 
     def _live_quiet(self) -> bool:

@@ -1,0 +1,204 @@
+"""The batcher's background lane: background work yields to live calls, runs in small batches, and
+still gets its share under steady live load; the vocabulary build uses it in a real server."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients import VecserveClient
+from service.config import Settings
+from service.embedding.batching import BatchingSettings, DynamicBatcher
+from service.embedding.encoder import Encoder
+from service.errors import InvalidSettings
+from service.grpc_server.server import create_server
+
+# A quiet time or a wait that never runs out during a test.
+AN_HOUR = 3600.0
+
+
+def numbered_model(texts: list[str]) -> np.ndarray:
+    """Row i holds the text's number, so misrouted rows are visible."""
+    return np.array([[float(text.split("-")[1])] for text in texts], dtype=np.float32)
+
+
+class RecordingModel:
+    """Notes each batch it runs (its texts); with `held`, the first batch waits for `release`."""
+
+    def __init__(self, held: bool = False) -> None:
+        self.batches: list[list[str]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self._held = held
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            first = not self.batches
+            self.batches.append(texts)
+        if first and self._held:
+            self.started.set()
+            self.release.wait(30)
+        return numbered_model(texts)
+
+    def lanes(self) -> str:
+        """The batches in the order they ran: L for a live one, B for a background one."""
+        return "".join("B" if texts[0].startswith("b-") else "L" for texts in self.batches)
+
+
+def texts(prefix: str, first: int, count: int) -> list[str]:
+    return [f"{prefix}-{number}" for number in range(first, first + count)]
+
+
+def test_background_work_is_cut_into_small_batches_and_answered_in_order() -> None:
+    model = RecordingModel()
+    settings = BatchingSettings(background_batch_tokens=12, background_quiet_seconds=0)
+    batcher = DynamicBatcher(model, settings)
+    try:
+        lengths = [2, 3, 3, 1, 6, 2, 2, 12, 1, 1]
+        rows = batcher.run(texts("b", 0, len(lengths)), lengths, background=True)
+        assert rows[:, 0].tolist() == list(range(len(lengths)))
+        length_of = dict(zip(texts("b", 0, len(lengths)), lengths, strict=True))
+        for batch in model.batches:
+            assert len(batch) * max(length_of[text] for text in batch) <= 12
+        assert [len(batch) for batch in model.batches] == [4, 2, 1, 1, 2]
+        assert batcher.background_texts_run == len(lengths) and batcher.queued_texts == 0
+    finally:
+        batcher.close()
+
+
+def test_a_live_call_waits_at_most_one_background_batch_with_one_worker() -> None:
+    """A background batch holds the only worker when a live call arrives: the live call runs next,
+    before the rest of the background work."""
+    model = RecordingModel(held=True)
+    settings = BatchingSettings(max_wait_seconds=0, background_batch_tokens=2, background_quiet_seconds=0)
+    batcher = DynamicBatcher(model, settings)
+    try:
+        background = batcher.submit(texts("b", 0, 6), [1] * 6, background=True)
+        assert model.started.wait(30)
+        live = batcher.submit(texts("t", 100, 1), [1])
+        model.release.set()
+        assert live.result(30)[:, 0].tolist() == [100]
+        assert background.result(30)[:, 0].tolist() == list(range(6))
+        assert model.lanes() == "BLBB"
+    finally:
+        model.release.set()
+        batcher.close()
+
+
+def test_with_two_workers_a_live_call_does_not_wait_for_the_background_batch() -> None:
+    """While one background batch holds a worker, a live call runs on the other one, and no second
+    background batch starts beside the first."""
+    model = RecordingModel(held=True)
+    settings = BatchingSettings(
+        max_wait_seconds=0, model_workers=2, background_batch_tokens=2, background_quiet_seconds=0
+    )
+    batcher = DynamicBatcher(model, settings)
+    try:
+        background = batcher.submit(texts("b", 0, 4), [1] * 4, background=True)
+        assert model.started.wait(30)
+        # Answered while the background batch is still held in the model.
+        assert batcher.run(texts("t", 7, 1), [1])[:, 0].tolist() == [7]
+        assert not background.done()
+        assert [batch[0] for batch in model.batches] == ["b-0", "t-7"]  # one background batch at a time
+        model.release.set()
+        assert background.result(30)[:, 0].tolist() == list(range(4))
+    finally:
+        model.release.set()
+        batcher.close()
+
+
+def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
+    """Live calls are never quiet (queued all along): after each background batch of 10 tokens, live
+    batches run 10 x (1 - 0.25) / 0.25 = 30 tokens (three calls of 10), then the next background batch
+    goes ahead of the live calls still queued."""
+    model = RecordingModel(held=True)
+    settings = BatchingSettings(
+        max_batch_tokens=10,  # one live call per batch
+        max_wait_seconds=0,
+        background_batch_tokens=10,
+        background_share=0.25,
+        background_quiet_seconds=AN_HOUR,
+    )
+    batcher = DynamicBatcher(model, settings)
+    try:
+        first = batcher.submit(texts("t", 0, 1), [10])
+        assert model.started.wait(30)
+        live = [batcher.submit(texts("t", number, 1), [10]) for number in range(1, 13)]
+        background = batcher.submit(texts("b", 0, 15), [2] * 15, background=True)
+        model.release.set()
+        assert background.result(30)[:, 0].tolist() == list(range(15))
+        assert [call.result(30)[0, 0] for call in [first, *live]] == list(range(13))
+        assert model.lanes() == "LB" + "LLLB" * 2 + "L" * 6
+    finally:
+        model.release.set()
+        batcher.close()
+
+
+def test_live_calls_are_not_refused_because_background_work_is_queued() -> None:
+    """Each lane has its own queue limit: a full background queue leaves room for live calls."""
+    model = RecordingModel(held=True)
+    settings = BatchingSettings(max_queued_texts=4, max_wait_seconds=0, background_quiet_seconds=0)
+    batcher = DynamicBatcher(model, settings)
+    try:
+        running = batcher.submit(texts("t", 0, 1), [1])
+        assert model.started.wait(30)
+        background = batcher.submit(texts("b", 1, 4), [1] * 4, background=True)
+        live = batcher.submit(texts("t", 5, 4), [1] * 4)
+        model.release.set()
+        assert running.result(30)[0, 0] == 0
+        assert live.result(30)[:, 0].tolist() == [5, 6, 7, 8]
+        assert background.result(30)[:, 0].tolist() == [1, 2, 3, 4]
+    finally:
+        model.release.set()
+        batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (BatchingSettings(background_batch_tokens=100), "background batch tokens"),
+        (BatchingSettings(background_share=0), "background share"),
+        (BatchingSettings(background_share=1), "background share"),
+    ],
+)
+def test_background_settings_that_cannot_work_are_refused(settings: BatchingSettings, message: str) -> None:
+    with pytest.raises(InvalidSettings, match=message):
+        settings.check(max_sequence_length=256, max_texts_per_request=64)
+
+
+def test_a_fresh_server_builds_its_vocabulary_in_the_background_under_steady_embed_calls(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    """The real model over loopback: Embed calls keep coming while the vocabulary is built; each gets
+    the vectors of a call on an idle encoder, and the vocabulary still becomes ready."""
+    assert encoder.batcher is not None
+    settings = Settings(listen="127.0.0.1:0", data_dir=tmp_path, vocabulary_size=600)
+    batch = [f"a sentence about sea cows, number {number}" for number in range(32)]
+    expected = encoder.encode(batch)
+    background_before = encoder.batcher.background_texts_run
+    running = create_server(settings, encoder=encoder)
+    ready: Future[int] = Future()
+    try:
+        with VecserveClient(f"127.0.0.1:{running.port}", timeout=300) as client:
+
+            def embed_until_ready() -> int:
+                calls = 0
+                while not ready.done():
+                    np.testing.assert_allclose(client.embed_array(batch), expected, atol=1e-5)
+                    calls += 1
+                return calls
+
+            with ThreadPoolExecutor(2) as pool:
+                embedding = pool.submit(embed_until_ready)
+                running.vocabulary.start()
+                ready.set_result(client.get_vocabulary(timeout=300).word_count)
+                assert embedding.result(300) > 0
+        assert ready.result() == 600
+        assert encoder.batcher.background_texts_run - background_before == 600
+    finally:
+        running.stop(5)

@@ -9,6 +9,7 @@ from service.api.call import CallContext
 from service.common.validation import check_texts
 from service.config import Settings
 from service.embedding.encoder import Encoder
+from service.embedding.stages import now
 
 
 class EmbeddingCalls:
@@ -29,14 +30,18 @@ class EmbeddingCalls:
         )
 
     def Embed(self, request: pb.EmbedRequest, call: CallContext) -> pb.EmbedResponse:
+        stages = self._encoder.stages
+        began = now()
         texts = list(request.texts)
         self._check(texts, "texts")
+        stages.record("parse", began, len(texts))
         result = self._encoder.embed(
             texts,
             normalize=request.normalize if request.HasField("normalize") else True,
             truncate=request.truncate if request.HasField("truncate") else True,
             is_cancelled=lambda: not call.is_active(),
         )
+        began = now()
         response = pb.EmbedResponse(dimension=self._encoder.dimension)
         # add() + extend() from Python floats builds the message twice as fast as constructing
         # Embedding objects, and over four times as fast as reading numpy rows element by element.
@@ -44,6 +49,7 @@ class EmbeddingCalls:
             result.vectors.tolist(), result.token_counts, result.truncated, strict=True
         ):
             response.embeddings.add(token_count=count, truncated=cut).values.extend(vector)
+        stages.record("response", began, len(texts))
         return response
 
     def Tokenize(self, request: pb.TokenizeRequest, call: CallContext) -> pb.TokenizeResponse:

@@ -18,7 +18,8 @@ import numpy as np
 from service.common.thread_share import ThreadShare
 from service.embedding import backends
 from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings, CancelCheck, DynamicBatcher
-from service.embedding.model_inputs import InputPreparer, TextInput
+from service.embedding.model_inputs import InputPreparer, TextInput, length_batches
+from service.embedding.stages import StageClock, now
 from service.errors import Cancelled, InvalidArgument, InvalidSettings
 
 if TYPE_CHECKING:
@@ -147,6 +148,8 @@ class Encoder:
             self._backend_run = loaded.run
             dtype = loaded.dtype
         self._model_lock = threading.Lock()
+        # CPU and wall time by stage, and the model's real and padded tokens (for metrics).
+        self.stages = StageClock()
         # Torch's threads, shared among the model calls running at once.
         self._torch_threads = ThreadShare(torch.get_num_threads())
         dimension = (
@@ -289,13 +292,18 @@ class Encoder:
 
     def _prepare(self, texts: Sequence[str]) -> tuple[list[ModelInput], list[int]]:
         """Model inputs and each text's whole token count (special tokens included)."""
+        began = now()
         if self._inputs is not None:
-            return self._inputs.prepare(texts)
-        with self._tokenizer_lock:
-            ids = self._tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
-        counts = [len(row) for row in ids]
-        limit = self.info.max_sequence_length
-        return [TextInput(text, min(count, limit)) for text, count in zip(texts, counts, strict=True)], counts
+            prepared = self._inputs.prepare(texts)
+        else:
+            with self._tokenizer_lock:
+                ids = self._tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+            counts = [len(row) for row in ids]
+            limit = self.info.max_sequence_length
+            inputs = [TextInput(text, min(count, limit)) for text, count in zip(texts, counts, strict=True)]
+            prepared = inputs, counts
+        self.stages.record("tokenize", began, len(texts))
+        return prepared
 
     def _vectors(
         self,
@@ -304,6 +312,7 @@ class Encoder:
         is_cancelled: CancelCheck | None = None,
         background: bool = False,
     ) -> np.ndarray:
+        began = now()
         if self._batcher is not None:
             lengths = [len(item) for item in model_inputs]
             vectors = self._batcher.run(model_inputs, lengths, is_cancelled, background)
@@ -313,14 +322,23 @@ class Encoder:
                 if is_cancelled is not None and is_cancelled():
                     raise Cancelled("the call ended before its texts reached the model")
                 vectors = self._run_model(model_inputs)
+        began = self.stages.record("queue", began, len(model_inputs))
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.stages.record("normalize", began, len(model_inputs))
+        return vectors
 
     def _run_model(self, model_inputs: list[ModelInput]) -> np.ndarray:
         """Raw pooled vectors; called by the batcher's workers (concurrently only on the torch path with
         texts tokenized here) or under the model lock."""
+        began = now()
+        vectors = self._model_vectors(model_inputs)
+        self.stages.record("model", began, len(model_inputs))
+        return vectors
+
+    def _model_vectors(self, model_inputs: list[ModelInput]) -> np.ndarray:
         if self._backend_run is not None:
             return self._backend_run(model_inputs)
         if self._inputs is None:
@@ -330,11 +348,14 @@ class Encoder:
         import torch
 
         vectors = np.empty((len(model_inputs), self.dimension), dtype=np.float32)
-        # Length-sorted mini-batches pad little, as sentence-transformers' encode does.
-        order = np.argsort([len(item) for item in model_inputs], kind="stable")
+        lengths = np.array([len(item) for item in model_inputs])
+        # Length-sorted mini-batches, cut where padding would cost more than another model call: a
+        # request (or a gathered batch) of mixed lengths is not padded to its longest text.
+        order = np.argsort(lengths, kind="stable")
         with self._cpu_share(), torch.inference_mode():
-            for start in range(0, len(order), ENCODE_BATCH_SIZE):
-                rows = order[start : start + ENCODE_BATCH_SIZE]
+            for batch in length_batches(lengths[order], ENCODE_BATCH_SIZE):
+                rows = order[batch.start : batch.stop]
+                self.stages.count_batch(int(lengths[rows].sum()), len(rows) * int(lengths[rows[-1]]))
                 features = self._inputs.torch_features(
                     [model_inputs[row] for row in rows], self._model.device
                 )

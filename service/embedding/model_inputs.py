@@ -39,6 +39,40 @@ PROBE_TEXTS = (
 )
 
 
+# A model call's fixed cost (module calls, allocations) in padded tokens' worth of compute: measured on
+# all-MiniLM-L6-v2 on the CPU, where a call of 1 row of 12 tokens costs about as much as 40 tokens.
+MODEL_CALL_TOKENS = 32
+
+
+def length_batches(
+    sorted_lengths: Sequence[int], max_rows: int, call_tokens: int = MODEL_CALL_TOKENS
+) -> list[range]:
+    """Splits length-sorted sequences into consecutive batches of at most `max_rows` with the least
+    padded tokens plus `call_tokens` per batch: mixed lengths are cut where padding would cost more
+    than another model call.
+
+    Exact by dynamic programming over the cut points: cheapest[j] is the least cost of the first j
+    sequences, whose last batch ends at j and is as wide as sorted_lengths[j - 1]."""
+    count = len(sorted_lengths)
+    lengths = np.asarray(sorted_lengths, dtype=np.int64)
+    cheapest = np.zeros(count + 1, dtype=np.int64)
+    batch_start = np.zeros(count + 1, dtype=np.int64)
+    for end in range(1, count + 1):
+        first = max(0, end - max_rows)
+        starts = np.arange(first, end)
+        costs = cheapest[first:end] + call_tokens + (end - starts) * lengths[end - 1]
+        best = int(np.argmin(costs))  # the first minimum: the larger batch on a tie
+        cheapest[end] = costs[best]
+        batch_start[end] = first + best
+    batches = []
+    end = count
+    while end > 0:
+        start = int(batch_start[end])
+        batches.append(range(start, end))
+        end = start
+    return batches[::-1]
+
+
 @dataclass(frozen=True)
 class TextInput:
     """A text left to the model's own `encode` to prepare: the route for models whose preprocessing

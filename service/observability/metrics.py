@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from service.config import parse_host_port
 from service.embedding.encoder import Encoder
+from service.embedding.stages import StageClock
 from service.errors import InvalidSettings, VecserveError
 from service.index.model import IndexInfo
 from service.index.store import IndexStore
@@ -126,6 +127,7 @@ class _EncoderCollector(Collector):
             "Texts waiting in the dynamic batcher's queue.",
             value=self._encoder.queued_texts,
         )
+        yield from _stage_metrics(self._encoder.stages)
         batcher = self._encoder.batcher
         if batcher is not None:
             yield CounterMetricFamily(
@@ -138,6 +140,41 @@ class _EncoderCollector(Collector):
                 "Queued encoder jobs skipped because their call had been cancelled or had timed out.",
                 value=batcher.cancelled_jobs,
             )
+
+
+def _stage_metrics(stages: StageClock) -> Iterator[CounterMetricFamily]:
+    """Time by stage of embedding texts, and the model's real and padded tokens."""
+    cpu = CounterMetricFamily(
+        "vecserve_embed_stage_cpu_seconds",
+        "CPU seconds of the threads that ran each stage of embedding texts (parse, tokenize, queue, "
+        "model, normalize, response).",
+        labels=["stage"],
+    )
+    wall = CounterMetricFamily(
+        "vecserve_embed_stage_text_seconds",
+        "Wall seconds of each stage summed over the texts it handled (queue: from entering the batcher "
+        "to the vectors coming back, model batch included).",
+        labels=["stage"],
+    )
+    texts = CounterMetricFamily("vecserve_embed_stage_texts", "Texts each stage handled.", labels=["stage"])
+    for stage, totals in stages.totals().items():
+        cpu.add_metric([stage], totals.cpu_seconds)
+        wall.add_metric([stage], totals.text_seconds)
+        texts.add_metric([stage], totals.texts)
+    yield from (cpu, wall, texts)
+    yield CounterMetricFamily(
+        "vecserve_encoder_real_tokens", "Tokens of the texts the model ran.", value=stages.real_tokens
+    )
+    yield CounterMetricFamily(
+        "vecserve_encoder_padded_tokens",
+        "Tokens the model ran, padding included: rows times width of each of its batches.",
+        value=stages.padded_tokens,
+    )
+    yield CounterMetricFamily(
+        "vecserve_encoder_model_batches",
+        "Model calls (mini-batches) the encoder ran.",
+        value=stages.model_batches,
+    )
 
 
 def _all_indexes(store: IndexStore) -> Iterator[IndexInfo]:

@@ -10,14 +10,19 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from vecserve.v1 import index_pb2
 
+from clients import VecserveClient
+from clients.local_server import ServerProcess
 from service.index import open_index
 from service.index import store as index_store
 from service.index.model import Document, HnswParams, IvfParams, Query
 from service.index.record import FrozenRecord
 from service.index.store import IndexStore
+from tests.waiting import wait_until
 
 DIMENSION = 16
 LISTS = IvfParams(nlist=4, nprobe=4)  # every list probed: once trained, answers equal exact search
@@ -265,3 +270,57 @@ def test_an_index_deleted_during_its_build_is_gone(store: IndexStore, held: Held
     store.wait_for_builds("lists")
     assert store.get_index("lists").document_count == 0
     assert not store.get_index("lists").trained
+
+
+@pytest.mark.slow
+def test_a_kill_9_during_training_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    nlist = 128  # enough vectors to train on (39 per list) that the build takes a while
+    vectors = clustered_vectors(39 * nlist + 400, seed=7)
+    live = {f"doc-{i}": vectors[i] for i in range(39 * nlist)}
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with VecserveClient(server.address, timeout=120) as client:
+            client.create_index(
+                "lists", dimension=DIMENSION, params=index_pb2.IvfParams(nlist=nlist, nprobe=nlist)
+            )
+            ids = sorted(live, key=lambda i: int(i.split("-")[1]))
+            client.stream_upsert(
+                "lists",
+                [
+                    [{"id": i, "vector": live[i]} for i in ids[start : start + 500]]
+                    for start in range(0, len(ids), 500)
+                ],
+            )
+            wait_until(
+                lambda: "index lists: training" in server.log_path.read_text(), "the training to start"
+            )
+            # Acknowledged while the build runs (or just after, on a fast machine): all must survive.
+            added = {f"doc-{i}": vectors[i] for i in range(39 * nlist, len(vectors))}
+            client.upsert("lists", [{"id": i, "vector": v} for i, v in added.items()])
+            live.update(added)
+            deleted = [f"doc-{i}" for i in range(0, 39 * nlist + 400, 50)]
+            client.delete_documents("lists", deleted)
+            for document_id in deleted:
+                live.pop(document_id)
+        server.kill()
+
+        server = ServerProcess(tmp_path / "data").start()
+        with VecserveClient(server.address, timeout=120) as client:
+
+            def check() -> None:
+                assert client.get_index("lists").document_count == len(live)
+                ids = sorted(live)
+                for start in range(0, len(ids), 1000):
+                    chunk = ids[start : start + 1000]
+                    results = client.search("lists", [live[i] for i in chunk], k=1)
+                    assert [hits[0].id for hits in results] == chunk
+                for document_id in deleted[:20]:
+                    with pytest.raises(grpc.RpcError) as caught:
+                        client.get_document("lists", document_id)
+                    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+            check()
+            wait_until(lambda: client.get_index("lists").trained, "the index to be trained after the restart")
+            check()
+    finally:
+        server.kill()

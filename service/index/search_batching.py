@@ -11,7 +11,9 @@ gave runs of 1 and 31 queries, 4 and 28, ...): the callers answered by one run c
 next has just started with the few that were already queued. A run of a few queries costs about as
 much as a full one (each is one pass over the vectors), so a leader first waits for as many callers as
 were around last time (the last run's callers plus those queued when it ended), for at most
-GATHER_FRACTION of the last run's duration. A lone sequential caller expects nobody and never waits.
+GATHER_FRACTION of the last run's duration. A lone sequential caller expects nobody and never waits:
+its search runs directly, with nothing queued, copied or woken (callers arriving meanwhile queue up
+and lead the next run as usual).
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ class SearchCoalescer:
         excluded: Sequence[int | None],
         run: SearchFunction,
     ) -> list:
+        with self._lock:
+            history = self._history.get(key) or _History()
+            alone = key not in self._running and history.expected_callers <= 1
+            if alone:
+                self._running.add(key)
+        if alone:
+            return self._run_alone(key, history, queries, list(excluded), run)
         mine = _Request(queries, list(excluded))
         with self._lock:
             self._queued.setdefault(key, []).append(mine)
@@ -115,17 +124,39 @@ class SearchCoalescer:
             for request in batch:
                 request.error = error
         finally:
-            with self._lock:
-                waiting = self._queued.get(key)
-                history.run_seconds = time.perf_counter() - began
-                history.expected_callers = len(batch) + len(waiting or ())
-                self._history.put(key, history)
-                if waiting:
-                    waiting[0].wake.set()  # the next leader
-                else:
-                    self._running.discard(key)
+            self._finish_run(key, history, len(batch), began)
             for request in batch:
                 request.wake.set()
+
+    def _run_alone(
+        self,
+        key: Hashable,
+        history: _History,
+        queries: np.ndarray,
+        excluded: list[int | None],
+        run: SearchFunction,
+    ) -> list:
+        """Runs a search no other caller is expected to share (the caller holds the key's run)."""
+        began = time.perf_counter()
+        try:
+            results = run(queries, excluded)
+            self.calls += 1
+            return results
+        finally:
+            self._finish_run(key, history, 1, began)
+
+    def _finish_run(self, key: Hashable, history: _History, callers: int, began: float) -> None:
+        """Records a run of `callers` callers and hands the key's run to the first caller queued
+        meanwhile, if any."""
+        with self._lock:
+            waiting = self._queued.get(key)
+            history.run_seconds = time.perf_counter() - began
+            history.expected_callers = callers + len(waiting or ())
+            self._history.put(key, history)
+            if waiting:
+                waiting[0].wake.set()  # the next leader
+            else:
+                self._running.discard(key)
 
     def _gather(self, key: Hashable, history: _History) -> None:
         """Waits (holding no lock while asleep) until the expected callers are queued or time is up."""

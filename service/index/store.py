@@ -60,13 +60,21 @@ from service.common.limits import check_k
 from service.common.thread_share import ThreadShare
 from service.common.validation import check_unicode
 from service.embedding.protocol import TextEncoder
-from service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TooLarge
+from service.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TooLarge,
+    VecserveError,
+)
 from service.index.builds import BuildQueue
 from service.index.filters import Condition
 from service.index.kinds import check_params
 from service.index.model import (
     DEFAULT_KIND,
     MAX_DIMENSION,
+    MAX_VECTOR_NORM,
     NAME_PATTERN,
     Document,
     Hit,
@@ -85,7 +93,7 @@ from service.index.model import (
     prepare_document,
 )
 from service.index.open_index import OpenIndex
-from service.index.record import DATABASE_FILE, create_record, read_spec_json
+from service.index.record import DATABASE_FILE, StoredFields, create_record, read_spec_json
 from service.index.search_batching import SearchCoalescer
 
 log = logging.getLogger(__name__)
@@ -102,24 +110,40 @@ DEFAULT_SNAPSHOT_EVERY = 50_000
 LOCK_FILE = ".lock"
 
 
-def _hit_bytes(hit: Hit) -> int:
-    """About the serialized size of a hit, in bytes (characters stand in for UTF-8 bytes)."""
-    metadata = sum(len(key) + len(str(value)) + 8 for key, value in hit.metadata.items())
-    vector = 4 * len(hit.vector) if hit.vector is not None else 0
-    return len(hit.id) + len(hit.text) + metadata + vector + 16
+def _stored_bytes(fields: StoredFields) -> int:
+    """About the serialized size of a hit of this document, in bytes (characters stand in for UTF-8
+    bytes)."""
+    document_id, text, metadata, vector = fields
+    metadata_bytes = sum(len(key) + len(str(value)) + 8 for key, value in metadata.items())
+    vector_bytes = 4 * len(vector) if vector is not None else 0
+    return len(document_id) + len(text) + metadata_bytes + vector_bytes + 16
 
 
-def _answer_bytes(results: list[list[Hit]]) -> int:
-    """About the serialized size of a search answer; a document's size is computed once, however
-    many queries it answers (many queries and a large k can repeat the same long texts)."""
-    sizes: dict[str, int] = {}
-    total = 0
-    for hits in results:
-        for hit in hits:
-            if hit.id not in sizes:
-                sizes[hit.id] = _hit_bytes(hit)
-            total += sizes[hit.id]
-    return total
+def _checked_query_vectors(spec: IndexSpec, queries: Sequence[Query], positions: list[int]) -> np.ndarray:
+    """The vectors of the queries at `positions` as one float32 matrix, checked as check_vector checks
+    each (a hundred checks one by one cost about as much as the search of a small index)."""
+    try:
+        matrix = np.asarray([queries[position].vector for position in positions], dtype=np.float32)
+    except (ValueError, TypeError):  # vectors of unequal lengths, or values that are not numbers
+        matrix = None
+    if (
+        matrix is None
+        or matrix.shape != (len(positions), spec.dimension)
+        or not np.isfinite(matrix).all()
+        # With a margin, so that rounding never lets through a vector check_vector would refuse.
+        or (
+            spec.metric is not Metric.COSINE
+            and np.linalg.norm(matrix.astype(np.float64), axis=1).max() > MAX_VECTOR_NORM * 0.999
+        )
+    ):
+        _check_vectors_one_by_one(spec, queries, positions)
+    return matrix  # type: ignore[return-value] - whenever it is None, the check above raised
+
+
+def _check_vectors_one_by_one(spec: IndexSpec, queries: Sequence[Query], positions: list[int]) -> None:
+    """Raises check_vector's error for the first invalid vector among the queries at `positions`."""
+    for position in positions:
+        check_vector(queries[position].vector, spec.dimension, spec.metric, f"queries[{position}].vector")
 
 
 def _check_answer_size(answer_bytes: int, limit: int) -> None:
@@ -373,23 +397,28 @@ class IndexStore:
         texts: dict[int, str] = {}
         by_document: dict[int, str] = {}
         given_vectors: list[int] = []
-        for position, query in enumerate(queries):
-            where = f"queries[{position}]"
-            given = [query.text is not None, query.vector is not None, query.document_id is not None]
-            if sum(given) != 1:
-                raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
-            if query.text is not None:
-                check_unicode(query.text, f"{where}.text")
-                check_text(query.text, f"{where}.text", True, self.max_text_characters)
-                texts[position] = query.text
-            elif query.vector is not None:
-                query_vectors[position] = check_vector(
-                    query.vector, spec.dimension, spec.metric, f"{where}.vector"
-                )
-                given_vectors.append(position)
-            else:
-                check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
-                by_document[position] = query.document_id  # type: ignore[assignment]
+        try:
+            for position, query in enumerate(queries):
+                if query.vector is not None and query.text is None and query.document_id is None:
+                    given_vectors.append(position)  # checked below, all at once
+                    continue
+                where = f"queries[{position}]"
+                given = [query.text is not None, query.vector is not None, query.document_id is not None]
+                if sum(given) != 1:
+                    raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
+                if query.text is not None:
+                    check_unicode(query.text, f"{where}.text")
+                    check_text(query.text, f"{where}.text", True, self.max_text_characters)
+                    texts[position] = query.text
+                else:
+                    check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
+                    by_document[position] = query.document_id  # type: ignore[assignment]
+        except VecserveError:
+            # The first invalid query is the one reported, even when it is an earlier vector.
+            _check_vectors_one_by_one(spec, queries, given_vectors)
+            raise
+        if given_vectors:
+            query_vectors[given_vectors] = _checked_query_vectors(spec, queries, given_vectors)
         if given_vectors and spec.metric is Metric.COSINE:  # all at once: per row, numpy's cost dominates
             query_vectors[given_vectors] = normalize_rows(
                 query_vectors[given_vectors], [f"queries[{position}].vector" for position in given_vectors]
@@ -418,21 +447,16 @@ class IndexStore:
             documents = index.record.documents_by_faiss_id(
                 sorted({faiss_id for hits in ranked for faiss_id, _ in hits}), include_vectors
             )
-        results = [
-            [
-                Hit(
-                    id=documents[faiss_id][0],
-                    score=score,
-                    text=documents[faiss_id][1],
-                    metadata=documents[faiss_id][2],
-                    vector=documents[faiss_id][3],
-                )
-                for faiss_id, score in hits
-            ]
+        # A document's size is computed once, however many queries it answers (many queries and a
+        # large k can repeat the same long texts).
+        sizes = {faiss_id: _stored_bytes(fields) for faiss_id, fields in documents.items()}
+        _check_answer_size(
+            sum(sizes[faiss_id] for hits in ranked for faiss_id, _ in hits), self.max_response_bytes
+        )
+        return [
+            [Hit(documents[faiss_id][0], score, *documents[faiss_id][1:]) for faiss_id, score in hits]
             for hits in ranked
         ]
-        _check_answer_size(_answer_bytes(results), self.max_response_bytes)
-        return results
 
     def generation(self, name: str) -> tuple[int, int]:
         """Changes whenever the index's documents may have changed (a write, a delete, or the index
@@ -498,7 +522,6 @@ class IndexStore:
     def _check_alive(index: OpenIndex) -> None:
         if index.closed:
             raise NotFound(f"index {index.spec.name!r} does not exist")
-
 
     def _fill_vectors(self, spec: IndexSpec, documents: list[PreparedDocument]) -> None:
         """Embeds the documents without vectors and normalizes every vector of a cosine index."""

@@ -3,13 +3,15 @@
 Every backend is measured in the same run as torch, interleaved round by round (best round kept),
 so that drift on a shared machine hits all sides alike. Run alone with
 `python -m benchmarks.backends_bench [--quick] [--json-out FILE] [--cache-dir DIR]`, or as the
-`backends` suite of benchmarks.run through `run(report)`.
+`backends` suite of benchmarks.run through `run(report)` (which keeps builds in the directory named
+by VECSERVE_BENCH_BACKEND_CACHE, when set).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,6 +29,8 @@ from service.embedding.encoder import Encoder
 BATCH = 64
 ROUNDS = 2
 FAST_BACKENDS = (backends.OPENVINO, backends.OPENVINO_INT8)
+# Where the suite keeps built backend models between runs (default: a temporary directory).
+BACKEND_CACHE_VARIABLE = "VECSERVE_BENCH_BACKEND_CACHE"
 
 
 def in_process_rate(encoder: Encoder, texts: list[str], batch_size: int) -> float:
@@ -60,7 +64,7 @@ def run(report: Report, cache_dir: Path | None = None) -> None:
     texts = short_texts(count, seed=23)
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        cache = cache_dir or scratch / "models"
+        cache = cache_dir or Path(os.environ.get(BACKEND_CACHE_VARIABLE) or scratch / "models")
         model_path = default_model_path()
 
         encoders = {backends.TORCH: Encoder(model_path, device="cpu")}

@@ -26,6 +26,18 @@ def encoder() -> Iterator[Encoder]:
 
 
 @pytest.fixture(scope="session")
+def backend_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory whose .models cache of built CPU backends is shared by the whole session
+    (the backend tests and the benchmark run), so each build runs once."""
+    return tmp_path_factory.mktemp("backend-data")
+
+
+@pytest.fixture(scope="session")
+def model_cache(backend_data_dir: Path) -> Path:
+    return Settings(data_dir=backend_data_dir).model_cache_dir
+
+
+@pytest.fixture(scope="session")
 def server_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server-data")
 

@@ -36,17 +36,6 @@ SEARCH_STYLE_TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def backend_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory whose .models cache is shared by every test here, so each build runs once."""
-    return tmp_path_factory.mktemp("backend-data")
-
-
-@pytest.fixture(scope="session")
-def model_cache(backend_data_dir: Path) -> Path:
-    return Settings(data_dir=backend_data_dir).model_cache_dir
-
-
-@pytest.fixture(scope="session")
 def int8_encoder(model_cache: Path) -> Iterator[Encoder]:
     loaded = Encoder(
         default_model_path(),

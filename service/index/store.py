@@ -114,7 +114,7 @@ def _stored_bytes(fields: StoredFields) -> int:
     """About the serialized size of a hit of this document, in bytes (characters stand in for UTF-8
     bytes)."""
     document_id, text, metadata, vector = fields
-    metadata_bytes = sum(len(key) + len(str(value)) + 8 for key, value in metadata.items())
+    metadata_bytes = sum(len(key) + len(str(value)) + 8 for key, value in metadata.items()) if metadata else 0
     vector_bytes = 4 * len(vector) if vector is not None else 0
     return len(document_id) + len(text) + metadata_bytes + vector_bytes + 16
 
@@ -453,10 +453,14 @@ class IndexStore:
         _check_answer_size(
             sum(sizes[faiss_id] for hits in ranked for faiss_id, _ in hits), self.max_response_bytes
         )
-        return [
-            [Hit(documents[faiss_id][0], score, *documents[faiss_id][1:]) for faiss_id, score in hits]
-            for hits in ranked
-        ]
+        results = []
+        for hits in ranked:
+            query_hits = []
+            for faiss_id, score in hits:
+                document_id, text, metadata, vector = documents[faiss_id]
+                query_hits.append(Hit(document_id, score, text, metadata, vector))
+            results.append(query_hits)
+        return results
 
     def generation(self, name: str) -> tuple[int, int]:
         """Changes whenever the index's documents may have changed (a write, a delete, or the index

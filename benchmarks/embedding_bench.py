@@ -163,7 +163,10 @@ class ServerSpend:
         report.add(
             section, "padded / real tokens", padded / real, "ratio", f"{real / self.texts:.1f} real per text"
         )
-        report.add(section, "texts per model batch", self.texts / batches, "texts")
+        report.add(section, "texts per model batch", self.texts / batches, "texts", "after length buckets")
+        gathered = self.grown["vecserve_encoder_batches_total{}"]
+        if gathered:
+            report.add(section, "texts per gathered batch", self.texts / gathered, "texts", "dynamic batcher")
 
 
 def embed_one(client: VecserveClient, text: str) -> None:
@@ -281,8 +284,12 @@ def run(report: Report) -> None:
     report.add(
         section, "gRPC / in-process", median(batch_ratios), "ratio", rounds_note(batch_ratios, ">= 0.9")
     )
-    report.add(section, "CPU per text: in-process encode", median([ms for _, ms in local_runs]), "ms")
+    local_cpu = median([ms for _, ms in local_runs])
+    report.add(section, "CPU per text: in-process encode", local_cpu, "ms")
     batch_spend.report(report, section)
+    efficiency_note = "CPU per text, steadier than rates on a shared machine"
+    batch_efficiency = local_cpu / batch_spend.per_text_ms(batch_spend.cpu_seconds)
+    report.add(section, "CPU per text: in-process / server", batch_efficiency, "ratio", efficiency_note)
 
     section = "embed-32"
     report.add(section, f"{CLIENTS} clients x 1 text/call, dynamic batching", with_rate, "texts/s")
@@ -298,3 +305,5 @@ def run(report: Report) -> None:
         rounds_note(clients_ratios, ">= 0.8"),
     )
     clients_spend.report(report, section)
+    clients_efficiency = local_cpu / clients_spend.per_text_ms(clients_spend.cpu_seconds)
+    report.add(section, "CPU per text: in-process / server", clients_efficiency, "ratio", efficiency_note)

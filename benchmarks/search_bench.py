@@ -23,12 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from benchmarks.common import Report, concurrent_calls, sequential_call_ms
+from benchmarks.embedding_bench import cpu_seconds
 from clients import VecserveClient
 from clients.local_server import ServerProcess, free_port
 from service.index.model import Document, IndexKind
@@ -108,6 +110,14 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
                 },
                 count,
             )
+            # CPU time of each server process per call: less swayed by the other work on the machine.
+            assert served.process is not None
+            cpu_ms = {
+                "bare": server_cpu_ms(bare.pid, lambda: bare_health.Check(check, timeout=10), 4 * count),
+                "search": server_cpu_ms(
+                    served.process.pid, lambda: indexes.Search(search, timeout=10), 4 * count
+                ),
+            }
     finally:
         for channel in channels:
             channel.close()
@@ -125,6 +135,19 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
         "ms",
         "both servers in subprocesses, best of 5 interleaved rounds; machine shared",
     )
+    report.add(section, "bare gRPC server: CPU per Health/Check (process, /proc)", cpu_ms["bare"], "ms")
+    report.add(section, "vecserve: CPU per one-query Search (process, /proc)", cpu_ms["search"], "ms")
+    report.add(section, "service share of server CPU: Search - bare", cpu_ms["search"] - cpu_ms["bare"], "ms")
+
+
+def server_cpu_ms(pid: int, call: Callable[[], object], count: int) -> float:
+    """CPU milliseconds the server process `pid` spends per call, over `count` calls in a row."""
+    for _ in range(20):  # warm-up
+        call()
+    began = cpu_seconds(pid)
+    for _ in range(count):
+        call()
+    return (cpu_seconds(pid) - began) / count * 1000
 
 
 def run(report: Report) -> None:

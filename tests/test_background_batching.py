@@ -16,6 +16,7 @@ from service.embedding.batching import BatchingSettings, DynamicBatcher
 from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
 from service.grpc_server.server import create_server
+from tests.test_metrics import scrape, value
 
 # A quiet time or a wait that never runs out during a test.
 AN_HOUR = 3600.0
@@ -27,9 +28,12 @@ def numbered_model(texts: list[str]) -> np.ndarray:
 
 
 class RecordingModel:
-    """Notes each batch it runs (its texts); with `held`, the first batch waits for `release`."""
+    """Notes each batch it runs (its texts); with `held`, the first batch waits for `release`. Its
+    clock moves by `seconds_per_text` of each text's lane (t: live, b: background) per batch."""
 
-    def __init__(self, held: bool = False) -> None:
+    def __init__(self, held: bool = False, seconds_per_text: dict[str, float] | None = None) -> None:
+        self.now = 0.0
+        self._seconds_per_text = seconds_per_text or {"t": 0.0, "b": 0.0}
         self.batches: list[list[str]] = []
         self.started = threading.Event()
         self.release = threading.Event()
@@ -43,7 +47,11 @@ class RecordingModel:
         if first and self._held:
             self.started.set()
             self.release.wait(30)
+        self.now += sum(self._seconds_per_text[text.split("-")[0]] for text in texts)
         return numbered_model(texts)
+
+    def clock(self) -> float:
+        return self.now
 
     def lanes(self) -> str:
         """The batches in the order they ran: L for a live one, B for a background one."""
@@ -113,10 +121,10 @@ def test_with_two_workers_a_live_call_does_not_wait_for_the_background_batch() -
 
 
 def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
-    """Live calls are never quiet (queued all along): after each background batch of 10 tokens, live
-    batches run 10 x (1 - 0.25) / 0.25 = 30 tokens (three calls of 10), then the next background batch
-    goes ahead of the live calls still queued."""
-    model = RecordingModel(held=True)
+    """Live calls are never quiet (queued all along), and the model's time is counted on the model's
+    own clock: after each background batch of 20 s, live batches run 20 x (1 - 0.25) / 0.25 = 60 s
+    (six calls of 10 s), then the next background batch goes ahead of the live calls still queued."""
+    model = RecordingModel(held=True, seconds_per_text={"t": 10.0, "b": 4.0})
     settings = BatchingSettings(
         max_batch_tokens=10,  # one live call per batch
         max_wait_seconds=0,
@@ -124,7 +132,7 @@ def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
         background_share=0.25,
         background_quiet_seconds=AN_HOUR,
     )
-    batcher = DynamicBatcher(model, settings)
+    batcher = DynamicBatcher(model, settings, clock=model.clock)
     try:
         first = batcher.submit(texts("t", 0, 1), [10])
         assert model.started.wait(30)
@@ -133,7 +141,7 @@ def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
         model.release.set()
         assert background.result(30)[:, 0].tolist() == list(range(15))
         assert [call.result(30)[0, 0] for call in [first, *live]] == list(range(13))
-        assert model.lanes() == "LB" + "LLLB" * 2 + "L" * 6
+        assert model.lanes() == "LB" + "L" * 6 + "B" + "L" * 6 + "B"
     finally:
         model.release.set()
         batcher.close()
@@ -175,9 +183,12 @@ def test_a_fresh_server_builds_its_vocabulary_in_the_background_under_steady_emb
     encoder: Encoder, tmp_path: Path
 ) -> None:
     """The real model over loopback: Embed calls keep coming while the vocabulary is built; each gets
-    the vectors of a call on an idle encoder, and the vocabulary still becomes ready."""
+    the vectors of a call on an idle encoder, the vocabulary still becomes ready, and the metrics
+    count its words as background texts."""
     assert encoder.batcher is not None
-    settings = Settings(listen="127.0.0.1:0", data_dir=tmp_path, vocabulary_size=600)
+    settings = Settings(
+        listen="127.0.0.1:0", data_dir=tmp_path, vocabulary_size=600, metrics_listen="127.0.0.1:0"
+    )
     batch = [f"a sentence about sea cows, number {number}" for number in range(32)]
     expected = encoder.encode(batch)
     background_before = encoder.batcher.background_texts_run
@@ -200,5 +211,7 @@ def test_a_fresh_server_builds_its_vocabulary_in_the_background_under_steady_emb
                 assert embedding.result(300) > 0
         assert ready.result() == 600
         assert encoder.batcher.background_texts_run - background_before == 600
+        counted = value(scrape(running), "vecserve_encoder_background_texts_total")
+        assert counted == encoder.batcher.background_texts_run
     finally:
         running.stop(5)

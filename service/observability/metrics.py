@@ -140,6 +140,11 @@ class _EncoderCollector(Collector):
                 "Queued encoder jobs skipped because their call had been cancelled or had timed out.",
                 value=batcher.cancelled_jobs,
             )
+            yield CounterMetricFamily(
+                "vecserve_encoder_background_texts",
+                "Texts the batcher's background lane ran (the vocabulary build), apart from live calls.",
+                value=batcher.background_texts_run,
+            )
 
 
 def _stage_metrics(stages: StageClock) -> Iterator[CounterMetricFamily]:

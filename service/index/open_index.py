@@ -209,6 +209,8 @@ class OpenIndex:
         with self._build_threads():
             if self.strategy.trains:
                 vectors = frozen.vectors(frozen.ids)
+                # Closed before training, so that the record's WAL can be checkpointed meanwhile.
+                frozen.close()
                 structure = self.strategy.trained_structure(vectors)
                 structure.add_with_ids(vectors, frozen.ids)
                 return structure

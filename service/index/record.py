@@ -283,6 +283,7 @@ class FrozenRecord:
         self._connection = _connect(path)
         self._connection.execute("PRAGMA query_only=ON")
         self._connection.execute("BEGIN")
+        self._open = True
         # The transaction's first read fixes the state every later read of it sees.
         self.ids = np.sort(Record._live_ids(self._connection))
 
@@ -291,8 +292,11 @@ class FrozenRecord:
         return _read_vectors(self._connection, faiss_ids, self._dimension)
 
     def close(self) -> None:
-        self._connection.execute("ROLLBACK")
-        self._connection.close()
+        """Ends the read transaction; closing again does nothing."""
+        if self._open:
+            self._open = False
+            self._connection.execute("ROLLBACK")
+            self._connection.close()
 
 
 def _read_vectors(connection: sqlite3.Connection, faiss_ids: np.ndarray, dimension: int) -> np.ndarray:

@@ -37,6 +37,7 @@ from service.analogy.scoring import (
     AnalogyScoring,
     score_similarities,
     top_k,
+    variant_rows,
 )
 from service.analogy.space import Vocabulary, normalize_word
 from service.config import Settings, default_model_path
@@ -88,7 +89,17 @@ def scoring_accuracies(
                     method,
                     scoring,
                 )
-                best = top_k(scores, 1, vocabulary.rows_of([a, b, c]))
+                variants = variant_rows(
+                    vocabulary,
+                    [b, c],
+                    [a],
+                    similarities[positive],
+                    similarities[negative],
+                    vectors[positive],
+                    vectors[negative],
+                    scoring.variant_alignment,
+                )
+                best = top_k(scores, 1, vocabulary.rows_of([a, b, c]) + variants)
                 correct += bool(best) and vocabulary.words[best[0][0]] == d
             accuracies[(scoring_name, method.value)] = correct / len(questions)
     return accuracies

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from service.analogy.relations import cosine, nearest_rows, offset_percentiles, related_pairs
+from service.analogy.results import (
+    RelatedPair,
+    RelatedPairsReport,
+    RelationComparison,
+    RelationReport,
+    ScoredWord,
+    VocabularyDescription,
+)
 from service.analogy.scoring import (
     DEFAULT_METHOD,
     DEFAULT_SCORING,
@@ -25,10 +32,10 @@ from service.analogy.scoring import (
     answer_rank,
     outside_rank,
     reported_score,
-    score_analogy,
     score_columns,
     score_similarities,
     top_k,
+    variant_rows,
 )
 from service.analogy.space import TEXT_TEMPLATE, WORD_TEMPLATE, Vocabulary, normalize_word
 from service.common.limits import check_k
@@ -64,59 +71,6 @@ IndexVocabularySource = Callable[[str], tuple[list[str], np.ndarray]]
 IndexGeneration = Callable[[str], Hashable]
 # The default vocabulary, waiting at most `timeout` seconds (None: no limit) while it is built.
 DefaultVocabularySource = Callable[[float | None], "Vocabulary"]
-
-
-@dataclass(frozen=True)
-class ScoredWord:
-    word: str
-    score: float
-    # What answers are ranked by, in float64: the score itself, or for COSMUL its natural log,
-    # which stays exact where the product of many words' cosines is below float32's range.
-    ranking_score: float
-
-
-@dataclass(frozen=True)
-class RelationComparison:
-    first: str
-    second: str
-    offset_similarity: float  # cosine of (second - first) and the reference offset
-    pair_similarity: float  # cosine of first and second
-    # Share of random vocabulary pairs whose offset is less like the reference's, in percent (0 to 100).
-    offset_percentile: float
-    # Position of second among the answers to reference.first : reference.second :: first : ?
-    # (1 = the top answer); 0 when second is one of those three words, which are never answers.
-    answer_rank: int
-    answer_in_vocabulary: bool  # whether second is a vocabulary word (else ranked as if appended last)
-
-
-@dataclass(frozen=True)
-class RelationReport:
-    reference_pair_similarity: float
-    comparisons: list[RelationComparison]
-    null_pair_count: int  # random vocabulary pairs behind the percentiles
-    vocabulary_word_count: int
-
-
-@dataclass(frozen=True)
-class RelatedPair:
-    first: str
-    second: str
-    offset_similarity: float  # cosine of (second - first) and the reference offset
-    pair_similarity: float  # cosine of first and second
-
-
-@dataclass(frozen=True)
-class RelatedPairsReport:
-    pairs: list[RelatedPair]  # best first
-    compared_pair_count: int  # candidate pairs (c, d) scored within the bound
-
-
-@dataclass(frozen=True)
-class VocabularyDescription:
-    word_count: int
-    contains: list[bool]  # one per looked-up word
-    word_template: str  # how query words are written for the encoder (Vocabulary.template)
-    vectors: np.ndarray | None = None  # per looked-up word, its vector in the vocabulary's space
 
 
 class AnalogyEngine:
@@ -322,16 +276,31 @@ class AnalogyEngine:
         names = [*field_names("positive", len(positive)), *field_names("negative", len(negative))]
         query_words = [*positive_words, *negative_words]
         vectors = self._query_vectors(vocabulary, query_words, names, vocabulary_index)
-        scores = score_analogy(
+        similarities = vectors @ vocabulary.vectors.T
+        positive, negative = slice(0, len(positive_words)), slice(len(positive_words), None)
+        scoring = self._scoring_in(vocabulary)
+        scores = score_similarities(
             vocabulary,
-            vectors[: len(positive_words)],
-            vectors[len(positive_words) :],
+            similarities[positive],
+            similarities[negative],
+            vectors[positive],
+            vectors[negative],
             method,
-            self._scoring_in(vocabulary),
+            scoring,
+        )
+        excluded = vocabulary.rows_of(query_words) + variant_rows(
+            vocabulary,
+            positive_words,
+            negative_words,
+            similarities[positive],
+            similarities[negative],
+            vectors[positive],
+            vectors[negative],
+            scoring.variant_alignment,
         )
         return [
             ScoredWord(vocabulary.words[row], reported_score(score, method), score)
-            for row, score in top_k(scores, k, vocabulary.rows_of(query_words))
+            for row, score in top_k(scores, k, excluded)
         ]
 
     def find_similar_words(
@@ -437,11 +406,24 @@ class AnalogyEngine:
         for i in range(len(candidate_words) // 2):
             third, answer = candidate_words[2 * i], candidate_words[2 * i + 1]
             positive, negative = [1, 2 + 2 * i], [0]
-            excluded = vocabulary.rows_of([first, second, third])
             answer_rows = vocabulary.rows_of([answer])
             if answer in (first, second, third):
                 ranks.append((0, bool(answer_rows)))
                 continue
+            # The variants SolveAnalogy leaves out do not rank ahead of d; d itself is ranked as it scores.
+            variants = variant_rows(
+                vocabulary,
+                [second, third],
+                [first],
+                similarities[positive],
+                similarities[negative],
+                vectors[positive],
+                vectors[negative],
+                scoring.variant_alignment,
+            )
+            excluded = vocabulary.rows_of([first, second, third]) + [
+                row for row in variants if row not in answer_rows
+            ]
             scores = score_similarities(
                 vocabulary,
                 similarities[positive],

@@ -16,6 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
+from service.analogy.forms import MIN_STEM_LETTERS
 from service.analogy.relations import nearest_rows, null_offsets
 from service.common.lru import LruCache
 
@@ -144,6 +145,23 @@ class Vocabulary:
             with self._neighbourhoods_lock:
                 self._neighbourhoods.put(key, cached)
         return cached
+
+    def rows_sharing_beginning(self, normalized_word: str) -> list[int]:
+        """Rows of the words that begin with the same MIN_STEM_LETTERS letters as normalized_word (a
+        shorter word: none), the only ones that can be its spelling variants (forms.shares_stem)."""
+        return (
+            self._rows_by_beginning.get(normalized_word[:MIN_STEM_LETTERS], [])
+            if len(normalized_word) >= MIN_STEM_LETTERS
+            else []
+        )
+
+    @cached_property
+    def _rows_by_beginning(self) -> dict[str, list[int]]:
+        rows: dict[str, list[int]] = {}
+        for word, word_rows in self.positions.items():
+            if len(word) >= MIN_STEM_LETTERS:
+                rows.setdefault(word[:MIN_STEM_LETTERS], []).extend(word_rows)
+        return rows
 
     @cached_property
     def null_offsets(self) -> np.ndarray:

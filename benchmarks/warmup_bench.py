@@ -86,16 +86,19 @@ def run(report: Report) -> None:
             with VecserveClient(loaded.address, timeout=600) as client:
                 client.embed(texts[:BATCH])  # warm-up
                 # Rounds one after another until the vocabulary is ready: the build runs under steady load.
-                while not watch.ready.is_set():
+                while True:
                     rate = embed_round(client, texts)
-                    (overlapping if watch.ready.is_set() else during).append(rate)
+                    if watch.ready.is_set():
+                        overlapping.append(rate)
+                        break
+                    during.append(rate)
                 loaded_seconds = watch.wait()
                 after = [embed_round(client, texts) for _ in range(ROUNDS_AFTER)]
         finally:
             loaded.stop()
     note = f"{len(during)} rounds wholly during the build, median"
     if not during:  # a build shorter than one round (tiny sizes): the round it ended in
-        during, note = overlapping, "the build ended within the round"
+        during, note = overlapping, "the build ended within the first round"
     section = "warm-up"
     calls = f"{CALLS} calls of {BATCH}"
     report.add(section, f"vocabulary of {vocabulary_size:,} words: ready, idle server", idle_seconds, "s")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.analogy.engine import AnalogyEngine, check_k
+from service.analogy.forms import begin_alike, shares_stem
 from service.analogy.scoring import (
     COSMUL_EPSILON,
     DEFAULT_SCORING,
@@ -42,12 +43,13 @@ HAND_BUILT = {
 class HandBuiltEncoder:
     """Maps each known word (as the engine writes it) to its hand-built vector."""
 
-    def __init__(self) -> None:
+    def __init__(self, vectors: dict[str, tuple[float, ...]] = HAND_BUILT) -> None:
         self.encoded: list[str] = []
+        self._vectors = vectors
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         self.encoded += texts
-        vectors = np.array([HAND_BUILT[text.strip('"')] for text in texts], dtype=np.float32)
+        vectors = np.array([self._vectors[text.strip('"')] for text in texts], dtype=np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if normalize else vectors
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[TokenizedText]:
@@ -374,3 +376,56 @@ def test_an_index_vocabulary_is_built_once_until_the_index_changes(encoder: Enco
         assert reads == ["fruit"] * 4
     finally:
         store.close()
+
+
+# Axes: spain, egypt, capital city, nationality, cairo's own meaning, badness, size, comparative.
+# cairo is far less like egypt than egyptian is, as a city's vector is in a real model.
+COUNTRIES_AND_FORMS = {
+    "spain": (1, 0, 0, 0, 0, 0, 0, 0),
+    "madrid": (1, 0, 1, 0, 0, 0, 0, 0),
+    "egypt": (0, 1, 0, 0, 0, 0, 0, 0),
+    "cairo": (0, 1, 0.5, 0, 1.3, 0, 0, 0),
+    "egyptian": (0, 1, 0, 0.2, 0, 0, 0, 0),
+    "albania": (0, 0, 0, 0, 1, 0, 0, 0),
+    "albanian": (0, 0, 0, 0.2, 1, 0, 0, 0),
+    "bad": (0, 0, 0, 0, 0, 1, 0, 0),
+    "worse": (0, 0, 0, 0, 0, 1, 0, 1),
+    "big": (0, 0, 0, 0, 0, 0, 1, 0),
+    "bigger": (0, 0, 0, 0, 0, 0, 1, 1),
+    "huge": (0, 0, 0, 0, 0, 0, 1, 0.1),
+}
+
+
+def test_spelling_variants_are_words_of_one_stem() -> None:
+    assert (
+        shares_stem("egypt", "egyptian") and shares_stem("italian", "italy") and shares_stem("big", "bigger")
+    )
+    assert not shares_stem("spain", "spanish") and not shares_stem("grandson", "granddaughter")
+    assert not shares_stem("man", "woman") and not shares_stem("egypt", "egypt")
+    assert begin_alike("sweden", "swedish") and not begin_alike("spain", "madrid")
+
+
+@pytest.mark.parametrize("method", list(AnalogyMethod))
+def test_a_variant_of_c_gives_way_to_the_word_that_completes_the_relation(method: AnalogyMethod) -> None:
+    words = list(COUNTRIES_AND_FORMS)
+    vocabulary = Vocabulary.from_vectors(words, np.array(list(COUNTRIES_AND_FORMS.values()), dtype=float))
+    encoder = HandBuiltEncoder(COUNTRIES_AND_FORMS)
+
+    def top_answer(scoring: AnalogyScoring, a: str, b: str, c: str) -> str:
+        engine = AnalogyEngine(encoder, lambda _timeout: vocabulary, scoring=scoring)
+        return engine.solve_analogy([b, c], [a], method, k=1)[0].word
+
+    with_variants_left_out = AnalogyScoring(variant_alignment=0.3)
+    # The textbook scores answer with the word tied to egypt; egyptian - egypt is not madrid - spain.
+    assert top_answer(TEXTBOOK_SCORING, "spain", "madrid", "egypt") == "egyptian"
+    assert top_answer(with_variants_left_out, "spain", "madrid", "egypt") == "cairo"
+    # A relation of form (its words begin alike) keeps the variant as an answer,
+    assert top_answer(with_variants_left_out, "albania", "albanian", "egypt") == "egyptian"
+    # and so does a variant whose offset parallels the relation's: bigger - big is like worse - bad.
+    assert top_answer(with_variants_left_out, "bad", "worse", "big") == "bigger"
+    # CompareRelations ranks a left-out variant where it scores, behind no other left-out word.
+    engine = AnalogyEngine(encoder, lambda _timeout: vocabulary, scoring=with_variants_left_out)
+    cairo, egyptian = engine.compare_relations(
+        ("spain", "madrid"), [("egypt", "cairo"), ("egypt", "egyptian")], method
+    ).comparisons
+    assert cairo.answer_rank == 1 and egyptian.answer_rank == 1

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.embedding.backends import BACKENDS, TORCH
-from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings
+from service.embedding.batching import AUTO_BATCH_TOKENS, AUTO_MODEL_WORKERS, BatchingSettings
 from service.errors import InvalidSettings
 from service.observability.logs import LOG_FORMATS
 
@@ -46,7 +46,8 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     # Dynamic batching of concurrent encoder calls (see service/embedding/batching.py).
     dynamic_batching: bool = True
-    max_batch_tokens: int = 16384
+    # Padded tokens per gathered batch; AUTO_BATCH_TOKENS: chosen for the device (embedding/device.py).
+    max_batch_tokens: int = AUTO_BATCH_TOKENS
     max_batch_wait_ms: float = 10.0
     max_queued_texts: int = 8192
     # Batches the model runs at the same time; 0 lets the encoder choose (see Encoder).
@@ -89,8 +90,9 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise InvalidSettings(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_batch_tokens < 0:
+            raise InvalidSettings(f"max_batch_tokens must not be negative, got {self.max_batch_tokens}")
         for name in (
-            "max_batch_tokens",
             "max_queued_texts",
             "max_documents_per_request",
             "index_snapshot_every",

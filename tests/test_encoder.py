@@ -8,33 +8,9 @@ from sentence_transformers import SentenceTransformer
 
 from service.config import default_model_path
 from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings
-from service.embedding.encoder import Encoder, resolve_device
+from service.embedding.encoder import Encoder
 from service.embedding.model_inputs import InputPreparer
 from service.errors import InvalidArgument, InvalidSettings
-
-
-@pytest.mark.parametrize(
-    ("requested", "cuda_available", "expected"),
-    [
-        ("auto", False, ("cpu", "float32")),
-        ("auto", True, ("cuda", "float16")),
-        ("cpu", True, ("cpu", "float32")),
-        ("cuda", True, ("cuda", "float16")),
-        ("cuda:1", True, ("cuda:1", "float16")),
-    ],
-)
-def test_device_resolution(requested: str, cuda_available: bool, expected: tuple[str, str]) -> None:
-    assert resolve_device(requested, cuda_available) == expected
-
-
-def test_cuda_without_a_gpu_is_refused() -> None:
-    with pytest.raises(ValueError, match="no CUDA device"):
-        resolve_device("cuda", cuda_available=False)
-
-
-def test_unknown_device_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("tpu", cuda_available=False)
 
 
 def test_info_describes_the_default_model(encoder: Encoder) -> None:

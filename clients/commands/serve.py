@@ -100,7 +100,10 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "(VECSERVE_SEARCH_BATCHING=false)",
     )
     parser.add_argument(
-        "--max-batch-tokens", type=int, help="padded tokens per model batch (VECSERVE_MAX_BATCH_TOKENS)"
+        "--max-batch-tokens",
+        type=int,
+        help="padded tokens per gathered batch (VECSERVE_MAX_BATCH_TOKENS; default 0: 16,384 on the CPU, "
+        "131,072 on CUDA)",
     )
     parser.add_argument(
         "--max-batch-wait-ms", type=float, help="longest wait to fill a batch (VECSERVE_MAX_BATCH_WAIT_MS)"

@@ -57,6 +57,8 @@ BatchFunction = Callable[[list[Any]], np.ndarray]
 CancelCheck = Callable[[], bool]
 
 AUTO_MODEL_WORKERS = 0
+# A token budget left to the encoder, which knows the device (service/embedding/device.py).
+AUTO_BATCH_TOKENS = 0
 MAX_MODEL_WORKERS = 16
 
 
@@ -210,6 +212,10 @@ class DynamicBatcher:
     @property
     def queued_texts(self) -> int:
         return self._queued_texts
+
+    @property
+    def settings(self) -> BatchingSettings:
+        return self._settings
 
     @property
     def workers(self) -> int:

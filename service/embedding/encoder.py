@@ -17,7 +17,14 @@ import numpy as np
 
 from service.common.thread_share import ThreadShare
 from service.embedding import backends
-from service.embedding.batching import AUTO_MODEL_WORKERS, BatchingSettings, CancelCheck, DynamicBatcher
+from service.embedding.batching import (
+    AUTO_BATCH_TOKENS,
+    AUTO_MODEL_WORKERS,
+    BatchingSettings,
+    CancelCheck,
+    DynamicBatcher,
+)
+from service.embedding.device import plan_for
 from service.embedding.model_inputs import InputPreparer, TextInput, length_batches
 from service.embedding.stages import StageClock, now
 from service.errors import Cancelled, InvalidArgument, InvalidSettings
@@ -31,8 +38,6 @@ if TYPE_CHECKING:
     ModelInput: TypeAlias = Encoding | TextInput
 
 log = logging.getLogger(__name__)
-
-ENCODE_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -69,19 +74,6 @@ class EmbedResult:
     truncated: list[bool]
 
 
-def resolve_device(requested: str, cuda_available: bool) -> tuple[str, str]:
-    """Device and weight dtype for a --device choice: CUDA runs in half precision, the CPU in float32."""
-    if requested == "auto":
-        requested = "cuda" if cuda_available else "cpu"
-    if requested.startswith("cuda"):
-        if not cuda_available:
-            raise InvalidSettings("device 'cuda' was requested but torch sees no CUDA device")
-        return requested, "float16"
-    if requested != "cpu":
-        raise InvalidSettings(f"unknown device {requested!r}: use auto, cpu or cuda")
-    return "cpu", "float32"
-
-
 class Encoder:
     """Wraps a sentence-transformers model; safe to call from many threads.
 
@@ -114,7 +106,8 @@ class Encoder:
             if cache_dir is None:
                 raise InvalidSettings(f"the {backend} backend needs a cache directory for its exported model")
             device = "cpu"
-        device_name, dtype = resolve_device(device, torch.cuda.is_available())
+        self.device_plan = plan_for(device, torch.cuda.is_available())
+        device_name, dtype = self.device_plan.name, self.device_plan.dtype
         log.info("loading model %s on %s (%s)", model_name_or_path, device_name, dtype)
         model = SentenceTransformer(model_name_or_path, device=device_name)
         if dtype == "float16":
@@ -168,6 +161,8 @@ class Encoder:
         )
         self._batcher: DynamicBatcher | None = None
         if batching is not None:
+            if batching.max_batch_tokens == AUTO_BATCH_TOKENS:
+                batching = dataclasses.replace(batching, max_batch_tokens=self.device_plan.batch_tokens)
             batching.check(self.info.max_sequence_length, max_texts_per_request)
             workers = self._model_workers(batching.model_workers)
             self._batcher = DynamicBatcher(
@@ -343,7 +338,9 @@ class Encoder:
             return self._backend_run(model_inputs)
         if self._inputs is None:
             texts = [item.text for item in model_inputs]
-            encoded = self._model.encode(texts, batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True)
+            encoded = self._model.encode(
+                texts, batch_size=self.device_plan.rows_per_model_call, convert_to_numpy=True
+            )
             return np.asarray(encoded, dtype=np.float32)
         import torch
 
@@ -352,12 +349,13 @@ class Encoder:
         # Length-sorted mini-batches, cut where padding would cost more than another model call: a
         # request (or a gathered batch) of mixed lengths is not padded to its longest text.
         order = np.argsort(lengths, kind="stable")
+        plan = self.device_plan
         with self._cpu_share(), torch.inference_mode():
-            for batch in length_batches(lengths[order], ENCODE_BATCH_SIZE):
+            for batch in length_batches(lengths[order], plan.rows_per_model_call, plan.model_call_tokens):
                 rows = order[batch.start : batch.stop]
                 self.stages.count_batch(int(lengths[rows].sum()), len(rows) * int(lengths[rows[-1]]))
                 features = self._inputs.torch_features(
-                    [model_inputs[row] for row in rows], self._model.device
+                    [model_inputs[row] for row in rows], self._model.device, plan.pin_memory
                 )
                 pooled = self._model(features)["sentence_embedding"]
                 vectors[rows] = pooled.float().cpu().numpy()

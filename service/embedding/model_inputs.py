@@ -152,13 +152,21 @@ class InputPreparer:
         every = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: every[name] for name in self.feature_names}
 
-    def torch_features(self, encodings: Sequence[Encoding], device: Any) -> dict[str, Any]:
-        """The batch as the model's forward takes it: tensors on `device` plus the model's extra entries."""
+    def torch_features(
+        self, encodings: Sequence[Encoding], device: Any, pin_memory: bool = False
+    ) -> dict[str, Any]:
+        """The batch as the model's forward takes it: tensors on `device` plus the model's extra entries.
+
+        With `pin_memory` (CUDA) the arrays are staged in page-locked memory and copied without
+        blocking; the forward, queued on the same stream, runs after the copy."""
         import torch
 
-        features: dict[str, Any] = {
-            name: torch.from_numpy(array).to(device) for name, array in self.arrays(encodings).items()
-        }
+        features: dict[str, Any] = {}
+        for name, array in self.arrays(encodings).items():
+            tensor = torch.from_numpy(array)
+            features[name] = (
+                tensor.pin_memory().to(device, non_blocking=True) if pin_memory else tensor.to(device)
+            )
         features.update(self._extra_features)
         return features
 

@@ -267,7 +267,8 @@ class AnalogyEngine:
     ) -> list[ScoredWord]:
         """Vocabulary words near the positives and far from the negatives, best first.
 
-        For a:b :: c:?, positive=[b, c] and negative=[a]. The query words are never answers.
+        For a:b :: c:?, positive=[b, c] and negative=[a]. The query words are never answers, nor (with
+        the scoring's variant_alignment) their spelling variants that do not complete the relation.
         """
         k = check_k(k)
         positive_words = self._check_words(positive, "positive", embedded=not space)

@@ -182,6 +182,7 @@ class DynamicBatcher:
         self._background: collections.deque[_Job] = collections.deque()
         self._background_texts = 0
         self._background_running = False
+        self._background_batches_begun = 0
         # Seconds of live batches to run before the next background batch while live calls keep coming.
         self._live_owed = 0.0
         # When live calls were last seen (submitted or answered), and their batches running now.
@@ -387,6 +388,7 @@ class DynamicBatcher:
             longest = max(longest, candidate.longest)
         self._background_texts -= texts
         self._background_running = True
+        self._background_batches_begun += 1
         self._running += 1
         return batch
 
@@ -402,8 +404,9 @@ class DynamicBatcher:
         demand = max(sum(self._worker_batch_jobs), taken + len(self._queue))
         return math.ceil(demand / free)
 
-    def _batch_ended(self, background: bool, seconds: float) -> None:
-        """Counts a batch that took `seconds` as no longer running (call with the lock held)."""
+    def _batch_ended(self, background: bool, seconds: float, beside_background: bool = False) -> None:
+        """Counts a batch that took `seconds` as no longer running (call with the lock held). A live
+        batch that ran beside a background one earns the live lane nothing: both were slowed."""
         self._running -= 1
         if background:
             self._background_running = False
@@ -412,8 +415,9 @@ class DynamicBatcher:
         else:
             self._live_running -= 1
             self._last_live = time.monotonic()
-            # Never below zero: a long stretch of live work earns the background lane one turn, not many.
-            self._live_owed = max(0.0, self._live_owed - seconds)
+            if not beside_background:
+                # Never below zero: a long stretch of live work earns the background lane one turn.
+                self._live_owed = max(0.0, self._live_owed - seconds)
         if self._background:
             self._condition.notify_all()  # the background lane may have its turn now
 
@@ -423,6 +427,8 @@ class DynamicBatcher:
             if not batch:
                 return
             texts = [text for job in batch for text in job.texts]
+            with self._condition:  # to tell whether a background batch runs beside this one
+                running_then, begun_then = self._background_running, self._background_batches_begun
             began = self._clock()
             try:
                 rows = self._run_batch(texts)
@@ -434,7 +440,9 @@ class DynamicBatcher:
                     job.result.set_exception(error)
                 continue
             with self._condition:
-                self._batch_ended(background, self._clock() - began)
+                begun_since = self._background_batches_begun != begun_then
+                beside = running_then or begun_since or self._background_running
+                self._batch_ended(background, self._clock() - began, beside)
                 self.batches_run += 1
                 if background:
                     self.background_texts_run += len(texts)

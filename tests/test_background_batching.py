@@ -17,6 +17,7 @@ from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
 from service.grpc_server.server import create_server
 from tests.test_metrics import scrape, value
+from tests.waiting import wait_until
 
 # A quiet time or a wait that never runs out during a test.
 AN_HOUR = 3600.0
@@ -144,6 +145,70 @@ def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
         assert model.lanes() == "LB" + "L" * 6 + "B" + "L" * 6 + "B"
     finally:
         model.release.set()
+        batcher.close()
+
+
+class GatedModel:
+    """Each batch whose first text has a gate waits for it; the clock moves by the batch's cost (per
+    lane, t or b) when the batch is let go."""
+
+    def __init__(self, costs: dict[str, float]) -> None:
+        self.now = 0.0
+        self.batches: list[str] = []
+        self.entered: dict[str, threading.Event] = {}
+        self.gates: dict[str, threading.Event] = {}
+        self._costs = costs
+        self._lock = threading.Lock()
+
+    def gate(self, text: str) -> None:
+        self.entered[text], self.gates[text] = threading.Event(), threading.Event()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        first = texts[0]
+        with self._lock:
+            self.batches.append(first)
+        if first in self.gates:
+            self.entered[first].set()
+            self.gates[first].wait(30)
+        with self._lock:
+            self.now += self._costs[first.split("-")[0]]
+        return numbered_model(texts)
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_a_live_batch_beside_a_background_one_earns_the_live_lane_nothing() -> None:
+    """Two workers: live t-1 runs beside background b-0 (4 s) and ends after it. With a share of 0.5,
+    b-0 leaves the live lane owed 4 s; t-1's 14 s overlapped b-0, so they do not count, and b-1 waits
+    for t-2 (10 s alone) instead of starting as soon as t-1 ends."""
+    model = GatedModel({"t": 10.0, "b": 4.0})
+    model.gate("b-0")
+    model.gate("t-1")
+    settings = BatchingSettings(
+        max_wait_seconds=0,
+        model_workers=2,
+        background_batch_tokens=1,
+        background_share=0.5,
+        background_quiet_seconds=AN_HOUR,
+    )
+    batcher = DynamicBatcher(model, settings, clock=model.clock)
+    try:
+        background = batcher.submit(texts("b", 0, 2), [1, 1], background=True)
+        assert model.entered["b-0"].wait(30)
+        beside = batcher.submit(texts("t", 1, 1), [1])
+        assert model.entered["t-1"].wait(30)
+        model.gates["b-0"].set()
+        wait_until(lambda: batcher.batches_run == 1, "b-0 counted as ended, t-1 still running")
+        model.gates["t-1"].set()
+        assert beside.result(30)[0, 0] == 1
+        assert model.batches == ["b-0", "t-1"]  # b-1 still waits for the live lane's 4 s
+        assert batcher.run(texts("t", 2, 1), [1])[0, 0] == 2
+        assert background.result(30)[:, 0].tolist() == [0, 1]
+        assert model.batches == ["b-0", "t-1", "t-2", "b-1"]
+    finally:
+        for gate in model.gates.values():
+            gate.set()
         batcher.close()
 
 

@@ -196,7 +196,7 @@ class Query:
     document_id: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a batched search makes thousands of them
 class Hit:
     id: str
     score: float

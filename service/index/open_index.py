@@ -349,13 +349,10 @@ class OpenIndex:
         with self._faiss_threads(len(queries)):
             scores, labels = self.structure.search(queries, k, params=params)
         del excluded_selector  # kept alive until the search is done
+        # tolist() converts the whole arrays to Python ints and floats at once, not one value at a time.
         return [
-            [
-                (int(label), float(score))
-                for label, score in zip(row_labels, row_scores, strict=True)
-                if label >= 0
-            ]
-            for row_labels, row_scores in zip(labels, scores, strict=True)
+            [(label, score) for label, score in zip(row_labels, row_scores, strict=True) if label >= 0]
+            for row_labels, row_scores in zip(labels.tolist(), scores.tolist(), strict=True)
         ]
 
     def _exact_search(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> Ranking:

@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from service.embedding.batching import CancelCheck
 from service.embedding.encoder import EmbedResult, ModelInfo, TokenizedText
+from service.embedding.stages import StageClock
 from service.errors import Cancelled, Overloaded, Unavailable, VecserveError
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class RemoteEncoder:
         self._handle = handle
         self._timeout = timeout_seconds
         self.info: ModelInfo = self._call("info")
+        # The ingress's own stages (parse, response); the model's stages are the replicas' to count.
+        self.stages = StageClock()
 
     @property
     def dimension(self) -> int:

@@ -226,9 +226,7 @@ def test_cosmul_ranks_exactly_with_the_most_positive_words() -> None:
     angles = np.radians([60.0, 61.0, 62.0, 63.0, 64.0])
     candidates = {f"c{n}": np.array([np.cos(a), np.sin(a), 0.0]) for n, a in enumerate(angles)}
     positives = {f"p{n}": np.array([1.0, 0.0, 0.0]) for n in range(MAX_WORDS_PER_REQUEST)}
-    vocabulary = Vocabulary.from_vectors(
-        list(candidates), np.stack(list(candidates.values())), center=False
-    )
+    vocabulary = Vocabulary.from_vectors(list(candidates), np.stack(list(candidates.values())), center=False)
     engine = AnalogyEngine(
         AxisEncoder({**candidates, **positives}), lambda _timeout: vocabulary, scoring=TEXTBOOK_SCORING
     )

@@ -490,8 +490,6 @@ class ShardedStore:
         for shard in self.shards:
             shard.close()
 
-
-
     def _with_vectors(self, spec: IndexSpec, documents: list[Document]) -> list[Document]:
         """The documents without vectors embedded; for cosine, zero vectors refused with their field."""
         to_embed = [position for position, document in enumerate(documents) if document.vector is None]

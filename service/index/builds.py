@@ -1,5 +1,6 @@
-"""Background builds of search structures (training, HNSW compaction): a queue running one at a time at
-low CPU priority, and the log of the changes written while a build runs."""
+"""Background work on search structures: builds (training, HNSW compaction) queued to run one at a time
+at low CPU priority, the log of the changes written while a build runs, and the low-priority thread a
+snapshot is written from."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 # How much nicer than the serving threads a build runs: its CPU weight is about a tenth of theirs
 # (Linux's CFS weights 110 against 1024), so it takes the cores that live calls leave idle.
@@ -53,6 +57,32 @@ def _lower_priority() -> None:
     os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
+def run_at_low_priority(work: Callable[[], T]) -> T:
+    """Runs `work` in a thread of its own made nicer than the caller's, and returns what it returns.
+
+    For work that holds no lock, such as writing a snapshot: on Linux it then takes only the CPU that
+    live calls leave idle. A thread's niceness cannot be lowered again, so the caller's stays as it is.
+    """
+    if sys.platform != "linux":
+        return work()
+    outcome: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _lower_priority()
+            outcome.append(work())
+        except BaseException as error:
+            errors.append(error)
+
+    worker = threading.Thread(target=run, name="index-background-write")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
+    return outcome[0]
+
+
 class BuildQueue:
     """Runs structure builds one at a time, in a thread of low CPU priority shared by a store's indexes.
 
@@ -69,11 +99,19 @@ class BuildQueue:
             thread_name_prefix="index-build",
             initializer=_lower_priority if self._niced else None,
         )
+        # The snapshot after a build, at normal priority: its copy of the structure is taken under the
+        # read lock, which writers wait for, so it must not wait for the CPU behind live calls.
+        self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-build-snapshot")
 
     def submit(self, build: Callable[[], None]) -> Future[None]:
         """Queues a build; RuntimeError once the queue is closed."""
         return self._executor.submit(build)
 
+    def snapshot_after_build(self, snapshot: Callable[[], None]) -> None:
+        """Runs a snapshot at normal priority (see __init__) and returns once it is written."""
+        self._snapshots.submit(snapshot).result()
+
     def close(self) -> None:
         """Lets the running build finish and drops the queued ones (the next start asks for them again)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._snapshots.shutdown(wait=True)

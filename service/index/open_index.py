@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,13 +15,13 @@ import numpy as np
 
 from service.common.read_write_lock import ReadWriteLock
 from service.common.thread_share import ThreadShare
-from service.index.builds import BuildQueue, ChangeLog
+from service.index.builds import BuildQueue, ChangeLog, run_at_low_priority
 from service.index.exact import Ranking, candidates_to_rerank, exact_search, rerank
 from service.index.filters import Condition
 from service.index.kinds import SearchTuning, kind_strategy, memory_bytes, structure_ids
 from service.index.model import IndexSpec, PreparedDocument
 from service.index.record import LOAD_CHUNK, FrozenRecord, Record
-from service.index.snapshots import read_snapshot, serialize, write_snapshot
+from service.index.snapshots import copy_structure, read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ EXACT_FALLBACK_LIMIT = 200_000
 # a round brings more than this many; the last few are added under the write lock, at the swap.
 SWAP_CHANGES = 2_000
 CATCH_UP_ROUNDS = 8
+
+# A failed build is tried again once this many changes (documents written or deleted) were made
+# since, twice as many after each further failure, up to 2**MAX_RETRY_DOUBLINGS times as many.
+BUILD_RETRY_CHANGES = 1_000
+MAX_RETRY_DOUBLINGS = 6
 
 # Numbers each opened index, so that a deleted and re-created index never looks like the old one.
 _INDEX_SERIALS = itertools.count(1)
@@ -58,10 +64,13 @@ class OpenIndex:
         self.snapshot_every = snapshot_every
         self._search_threads = search_threads
         self.lock = ReadWriteLock()
-        self.snapshot_lock = threading.Lock()
+        # One snapshot of the index at a time, so that generations follow each other.
+        self._snapshot_turn = threading.Lock()
         self.closed = False
         self.snapshot_pending = False
         self.changes_since_snapshot = 0
+        # The structure as loaded or last copied for a snapshot is on disk (or being written there).
+        self._snapshot_on_disk = False
         self.tombstones: set[int] = set()
         self.strategy = kind_strategy(spec)
         self.record = Record(path, spec.dimension)
@@ -70,8 +79,10 @@ class OpenIndex:
         # A build is queued or running (set under the write lock or while opening, cleared by the build).
         self.build_requested = False
         self._build_ended = threading.Condition()
-        # A build failed: the structure in place keeps serving, and no build is tried until a restart.
-        self._build_failed = False
+        # Builds failed in a row; after a failure the structure in place keeps serving, and the build
+        # is tried again once this many more changes were made (counted down by writes).
+        self._build_failures = 0
+        self._changes_before_retry = 0
         # While a build runs: what was written since it took its copy of the record.
         self._build_log: ChangeLog | None = None
         self.structure = self._load_structure()
@@ -88,6 +99,7 @@ class OpenIndex:
             self._add(structure, live_ids)
             self.changes_since_snapshot = len(live_ids)
         else:
+            self._snapshot_on_disk = True
             stored_ids = structure_ids(structure)
             stale = np.setdiff1d(stored_ids, live_ids, assume_unique=True)
             missing = np.setdiff1d(live_ids, stored_ids, assume_unique=True)
@@ -118,26 +130,36 @@ class OpenIndex:
     def snapshot(self) -> None:
         """Writes the structure durably and points the manifest at it; old snapshots are removed.
 
-        The structure is serialized under the read lock (writes wait, searches go on); the file is
-        written after the lock is released.
+        Writes wait only while the structure is copied in memory under the read lock (searches go on).
+        The copy is serialized, checksummed, written and fsync'd outside every lock, at low CPU
+        priority; the record holds every write meanwhile, and start-up adds what the snapshot lacks.
+        Nothing is written when nothing changed since the last snapshot, or once the index is closed.
         """
-        with self.snapshot_lock:
+        with self._snapshot_turn:
             with self.lock.read():
-                if self.closed:
+                if self.closed or (self._snapshot_on_disk and not self.changes_since_snapshot):
                     return
-                data = serialize(self.structure)
+                copy = copy_structure(self.structure)
+                # Opened while the index is known to be here: a deletion meanwhile renames it aside.
+                directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
                 changes, self.changes_since_snapshot = self.changes_since_snapshot, 0
+                self._snapshot_on_disk = True
+            written = False
             try:
-                write_snapshot(self.path, data, self.spec.name)
-            except BaseException:
-                self.changes_since_snapshot += changes
-                raise
+                written = run_at_low_priority(
+                    lambda: write_snapshot(directory, copy, self.spec.name, lambda: self.closed)
+                )
+            finally:
+                os.close(directory)
+                if not written:
+                    with self.lock.read():  # writers, who count changes, are held back
+                        self.changes_since_snapshot += changes
 
     # -- background builds -------------------------------------------------------------------------
 
     def _request_build_if_due(self) -> None:
         """Queues a build when the kind calls for one (callers hold the write lock or are opening)."""
-        if self.build_requested or self._build_failed or self.closed:
+        if self.build_requested or self._changes_before_retry > 0 or self.closed:
             return
         if not self.strategy.rebuild_due(self.structure, len(self.tombstones)):
             return
@@ -155,23 +177,25 @@ class OpenIndex:
         they were, and the next start asks for the build again.
         """
         built: tuple[faiss.Index, set[int], ChangeLog] | None = None
+        retry_after = 0
         try:
             built = self._build_aside()
-        except Exception:
-            log.exception("index %s: background build failed; the current structure serves", self.spec.name)
-            self._build_failed = True
+        except Exception as error:
+            retry_after = self._note_build_failure(error)
         with self.lock.write():
+            self._changes_before_retry = retry_after
             if built is not None and not self.closed:
                 structure, tombstones, change_log = built
                 self._catch_up(structure, tombstones, change_log.take())
                 self.structure, self.tombstones = structure, tombstones
                 self.changes_since_snapshot += structure.ntotal
+                self._build_failures = 0
                 log.info("index %s: the new structure serves (%d vectors)", self.spec.name, structure.ntotal)
             self._build_log = None
         try:
             if built is not None:
                 # Durably now, so that a restart need not build it again.
-                self.snapshot()
+                self._builds.snapshot_after_build(self.snapshot)
         except Exception:
             log.exception("index %s: snapshot after the build failed; the record is intact", self.spec.name)
         finally:
@@ -180,6 +204,23 @@ class OpenIndex:
                     self.build_requested = False
                     self._build_ended.notify_all()
                 self._request_build_if_due()
+
+    def _note_build_failure(self, error: Exception) -> int:
+        """Logs a failed build (with its traceback the first time in a row) and returns after how many
+        changes it is tried again: builds are costly, and one failing again at once would hold the
+        cores in a loop."""
+        self._build_failures += 1
+        retry_after = BUILD_RETRY_CHANGES * 2 ** min(self._build_failures - 1, MAX_RETRY_DOUBLINGS)
+        message = (
+            "index %s: background build failed (%s: %s); the current structure serves, and the build "
+            "is tried again after %d more changes (failure %d in a row)"
+        )
+        arguments = (self.spec.name, type(error).__name__, error, retry_after, self._build_failures)
+        if self._build_failures == 1:
+            log.exception(message, *arguments)
+        else:
+            log.warning(message, *arguments)
+        return retry_after
 
     def _build_aside(self) -> tuple[faiss.Index, set[int], ChangeLog] | None:
         """The new structure and its tombstones, holding every change written up to a recent moment,
@@ -260,6 +301,7 @@ class OpenIndex:
             self._build_log.record_added(new_ids, vectors)
         self.document_count += len(documents) - len(old_ids)
         self.changes_since_snapshot += len(documents) + len(old_ids)
+        self._changes_before_retry -= len(documents) + len(old_ids)
         self.version += 1
         self._request_build_if_due()
 
@@ -270,6 +312,7 @@ class OpenIndex:
             self._build_log.record_removed(old_ids)
         self.document_count -= len(old_ids)
         self.changes_since_snapshot += len(old_ids)
+        self._changes_before_retry -= len(old_ids)
         self.version += 1
         self._request_build_if_due()
         return len(old_ids)

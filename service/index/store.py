@@ -311,8 +311,8 @@ class IndexStore:
             if self._indexes.get(name) is not index:
                 raise NotFound(f"index {name!r} does not exist")
             del self._indexes[name]
-        # The snapshot lock first, so no snapshot is being written into the directory as it moves.
-        with index.snapshot_lock, index.lock.write():
+        # A snapshot being written meanwhile stops, and writes only into the directory renamed aside.
+        with index.lock.write():
             index.close()
         trash = self.data_dir / f".deleting-{name}-{uuid.uuid4().hex}"
         os.rename(index.path, trash)

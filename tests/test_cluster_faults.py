@@ -10,7 +10,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from service.cluster.serving import APP_NAME, ClusterServer, ClusterSettings, st
 from service.config import Settings
 from service.index.model import Document, Query
 from service.index.store import IndexStore
+from tests.waiting import wait_until
 
 # Ray warns about its own use of deprecated pydantic options.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
@@ -94,13 +95,6 @@ def vector_documents(start: int, count: int) -> list[dict[str, Any]]:
     ]
 
 
-def wait_until(check: Callable[[], bool], seconds: float = RECOVERY_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not recovered in time"
-        time.sleep(0.5)
-
-
 def answers(client: VecserveClient, name: str) -> bool:
     try:
         client.get_index(name)
@@ -148,12 +142,18 @@ def test_a_shard_replica_killed_mid_stream_loses_no_acknowledged_document(
         for number, message in enumerate(messages):
             yield message
             if number == 10:
+                # The rest of the stream goes out once the shard's replica is dead: killed mid-stream.
                 sent.set()
-            time.sleep(0.05)
+                killed.wait(RECOVERY_SECONDS)
 
     with ThreadPoolExecutor(1) as background:
         streaming = background.submit(client.stream_upsert, name, paced(), 120)
-        assert sent.wait(60)
+        assert sent.wait(RECOVERY_SECONDS)
+        # Killed once the first messages are stored: the stream holds its next ones until then.
+        stored = 10 * len(messages[0])
+        wait_until(
+            lambda: client.get_index(name).document_count >= stored, "10 messages stored", RECOVERY_SECONDS
+        )
         os.kill(replica("shard-0")["Pid"], signal.SIGKILL)
         killed.set()
         try:
@@ -165,8 +165,8 @@ def test_a_shard_replica_killed_mid_stream_loses_no_acknowledged_document(
             assert error.code() == grpc.StatusCode.UNAVAILABLE and "shard-0" in error.details(), error
             # "message N: ... (M documents of the N-1 earlier messages were stored)"
             acknowledged = int(re.search(r"of the (\d+) earlier messages were stored", error.details())[1])
-    assert acknowledged >= 10  # the first 11 messages had been handed over when the replica was killed
-    wait_until(lambda: answers(client, name))
+    assert acknowledged >= 10  # 10 messages had been stored when the replica was killed
+    wait_until(lambda: answers(client, name), "the index to answer again", RECOVERY_SECONDS)
     for message in messages[:acknowledged]:
         for document in message[::5]:
             assert client.get_document(name, document["id"]).text == document["text"]
@@ -190,7 +190,7 @@ def test_a_shard_whose_node_is_removed_is_unavailable_until_it_is_back(
     on_shard_0 = next(d for d in documents if shard_of(d["id"], 2) == 0)
     # The replica's process outlives its raylet for a moment; then no node has a free slot for shard-1:
     # it stays down, and says so.
-    wait_until(lambda: not answers(client, name), seconds=30)
+    wait_until(lambda: not answers(client, name), "the index to stop answering", 30)
     for attempt in (
         lambda: client.search(name, [documents[0]["vector"]], k=3),
         lambda: client.get_index(name),
@@ -202,7 +202,7 @@ def test_a_shard_whose_node_is_removed_is_unavailable_until_it_is_back(
         assert down.value.code() == grpc.StatusCode.UNAVAILABLE and "shard-1" in down.value.details()
     assert client.get_document(name, on_shard_0["id"]).text == on_shard_0["text"]  # the other shard serves
     ray_cluster.add_node(num_cpus=1, resources={SHARD_SLOT: 1})
-    wait_until(lambda: answers(client, name))
+    wait_until(lambda: answers(client, name), "the index to answer again", RECOVERY_SECONDS)
     assert_matches_flat(client, name, documents, tmp_path)
 
 
@@ -223,11 +223,11 @@ def test_an_encoder_replica_killed_under_load_fails_no_call_and_the_service_goes
     with ThreadPoolExecutor(4) as callers:
         for number in range(4):
             callers.submit(embed_until_stopped, number)
-        wait_until(lambda: len(outcomes) >= 8)  # every caller is embedding
+        wait_until(lambda: len(outcomes) >= 8, "every caller embedding", RECOVERY_SECONDS)
         before = len(outcomes)
         os.kill(replica("encoder")["Pid"], signal.SIGKILL)
         # Calls go on after the kill: the callers' next rounds, and the ones in flight, all answered.
-        wait_until(lambda: len(outcomes) >= before + 40)
+        wait_until(lambda: len(outcomes) >= before + 40, "calls answered after the kill", RECOVERY_SECONDS)
         stop.set()
     assert before > 0 and outcomes.count("ok") > before
     # Calls in flight on the killed replica were sent again to the other one: none failed.

@@ -73,7 +73,22 @@ HNSW_M = HnswParams().m
 HNSW_EF_CONSTRUCTION = HnswParams().ef_construction
 # vecserve's first ef_search when hnswlib is not installed to suggest one.
 FIRST_EF_SEARCH = 128
-EF_STEPS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+
+
+def ef_steps() -> tuple[int, ...]:
+    """10, 12, 14, then eight steps per doubling up to 4096 (16, 18, ..., 30, 32, 36, ...): about 9%
+    apart, so that the smallest ef reaching the target is not overshot by a third (near 0.95, recall
+    moves a few thousandths per step and a coarse grid decided the comparison)."""
+    steps = [10, 12, 14]
+    base = 16
+    while base < 4096:
+        steps += range(base, 2 * base, base // 8)
+        base *= 2
+    return (*steps, 4096)
+
+
+# The ef_search values tried, the same for vecserve's sweep and for hnswlib (and chromadb's tuning).
+EF_STEPS = ef_steps()
 # Below this, a process's fixed allocations swamp its growth per vector.
 MIN_VECTORS_FOR_MEMORY = 20_000
 # Settings of ef_search or nprobe tried per swept index, at most: IVF starts at nlist/8 and can need
@@ -318,7 +333,9 @@ def build_in_process(data_dir: Path, name: str, setup: Setup, vectors: np.ndarra
 
     chunk = 20_000
     began = time.perf_counter()
-    store = IndexStore(data_dir, max_documents_per_request=chunk)
+    # One snapshot, on close: the default interval (every 50,000 changes) would serialize and write the
+    # growing structure 20 times over a million vectors, each time beside FAISS's two OpenMP threads.
+    store = IndexStore(data_dir, max_documents_per_request=chunk, snapshot_every=len(vectors))
     try:
         store.create_index(name, DIMENSION, kind=setup.kind, params=setup.params)
         for start in range(0, len(vectors), chunk):

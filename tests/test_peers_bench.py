@@ -36,10 +36,17 @@ def test_ivf_lists_near_four_square_roots_with_enough_training_vectors(count: in
 
 
 def test_next_ef_steps_down_after_reaching_the_target_and_up_otherwise() -> None:
-    assert peers_bench.next_ef(192, reached=True) == 128
-    assert peers_bench.next_ef(192, reached=False) == 256
+    assert peers_bench.next_ef(192, reached=True) == 176
+    assert peers_bench.next_ef(192, reached=False) == 208
     assert peers_bench.next_ef(peers_bench.EF_STEPS[0], reached=True) == peers_bench.EF_STEPS[0]
     assert peers_bench.next_ef(peers_bench.EF_STEPS[-1], reached=False) == peers_bench.EF_STEPS[-1]
+
+
+def test_ef_steps_are_eight_per_doubling_from_16() -> None:
+    steps = peers_bench.EF_STEPS
+    assert steps[:12] == (10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32)
+    assert (steps[-1], steps.index(256) - steps.index(128)) == (4096, 8)
+    assert list(steps) == sorted(set(steps))
 
 
 def test_sweep_walks_to_the_first_setting_across_the_target_recall() -> None:
@@ -53,11 +60,11 @@ def test_sweep_walks_to_the_first_setting_across_the_target_recall() -> None:
         peers_bench.sweep(measure_at, first, peers_bench.next_ef)
         return measured
 
-    assert walk(128) == [128, 96, 64]  # cheaper while 0.95 holds, then one below it
-    assert walk(48) == [48, 64, 96]  # broader until it is reached
+    assert walk(128) == [128, 120, 112, 104, 96, 88]  # cheaper while 0.95 holds, then one below it
+    assert walk(80) == [80, 88, 96]  # broader until it is reached
     assert peers_bench.SWEEP_STEPS == 7
     # At most SWEEP_STEPS settings, even while the recall never crosses the target.
-    assert walk(4096, lambda ef: 1.0) == [4096, 3072, 2048, 1536, 1024, 768, 512]
+    assert walk(4096, lambda ef: 1.0) == [4096, 3840, 3584, 3328, 3072, 2816, 2560]
     halving = peers_bench.next_nprobe(lists=64)
     assert (halving(16, True), halving(16, False), halving(64, False), halving(1, True)) == (8, 32, 64, 1)
 

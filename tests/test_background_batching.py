@@ -17,7 +17,6 @@ from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
 from service.grpc_server.server import create_server
 from tests.test_metrics import scrape, value
-from tests.waiting import wait_until
 
 # A quiet time or a wait that never runs out during a test.
 AN_HOUR = 3600.0
@@ -99,32 +98,11 @@ def test_a_live_call_waits_at_most_one_background_batch_with_one_worker() -> Non
         batcher.close()
 
 
-def test_with_two_workers_a_live_call_does_not_wait_for_the_background_batch() -> None:
-    """While one background batch holds a worker, a live call runs on the other one, and no second
-    background batch starts beside the first."""
-    model = RecordingModel(held=True)
-    settings = BatchingSettings(
-        max_wait_seconds=0, model_workers=2, background_batch_tokens=2, background_quiet_seconds=0
-    )
-    batcher = DynamicBatcher(model, settings)
-    try:
-        background = batcher.submit(texts("b", 0, 4), [1] * 4, background=True)
-        assert model.started.wait(30)
-        # Answered while the background batch is still held in the model.
-        assert batcher.run(texts("t", 7, 1), [1])[:, 0].tolist() == [7]
-        assert not background.done()
-        assert [batch[0] for batch in model.batches] == ["b-0", "t-7"]  # one background batch at a time
-        model.release.set()
-        assert background.result(30)[:, 0].tolist() == list(range(4))
-    finally:
-        model.release.set()
-        batcher.close()
-
-
 def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
-    """Live calls are never quiet (queued all along), and the model's time is counted on the model's
-    own clock: after each background batch of 20 s, live batches run 20 x (1 - 0.25) / 0.25 = 60 s
-    (six calls of 10 s), then the next background batch goes ahead of the live calls still queued."""
+    """Live calls are never quiet (queued all along), and time is read on the model's own clock: after
+    each background batch of 20 s, live batches run 20 x (1 - 0.25) / 0.25 = 60 s (six calls of
+    10 s), then the next background batch goes ahead of the live calls still queued. The first wait
+    is one call shorter: the lane earned 2.5 s while it waited for the first live call to end."""
     model = RecordingModel(held=True, seconds_per_text={"t": 10.0, "b": 4.0})
     settings = BatchingSettings(
         max_batch_tokens=10,  # one live call per batch
@@ -142,7 +120,7 @@ def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
         model.release.set()
         assert background.result(30)[:, 0].tolist() == list(range(15))
         assert [call.result(30)[0, 0] for call in [first, *live]] == list(range(13))
-        assert model.lanes() == "LB" + "L" * 6 + "B" + "L" * 6 + "B"
+        assert model.lanes() == "LB" + "L" * 5 + "B" + "L" * 6 + "B" + "L"
     finally:
         model.release.set()
         batcher.close()
@@ -150,13 +128,16 @@ def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
 
 class GatedModel:
     """Each batch whose first text has a gate waits for it; the clock moves by the batch's cost (per
-    lane, t or b) when the batch is let go."""
+    lane, t or b) when the batch is let go. Notes every batch that entered while one of the other
+    lane was inside."""
 
     def __init__(self, costs: dict[str, float]) -> None:
         self.now = 0.0
         self.batches: list[str] = []
         self.entered: dict[str, threading.Event] = {}
         self.gates: dict[str, threading.Event] = {}
+        self.beside_other_lane: list[str] = []
+        self._inside: list[str] = []
         self._costs = costs
         self._lock = threading.Lock()
 
@@ -165,50 +146,110 @@ class GatedModel:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         first = texts[0]
+        lane = first.split("-")[0]
         with self._lock:
             self.batches.append(first)
+            if any(inside.split("-")[0] != lane for inside in self._inside):
+                self.beside_other_lane.append(first)
+            self._inside.append(first)
         if first in self.gates:
             self.entered[first].set()
             self.gates[first].wait(30)
         with self._lock:
-            self.now += self._costs[first.split("-")[0]]
+            self._inside.remove(first)
+            self.now += self._costs[lane]
         return numbered_model(texts)
 
     def clock(self) -> float:
         return self.now
 
+    def open_all_gates(self) -> None:
+        for gate in self.gates.values():
+            gate.set()
 
-def test_a_live_batch_beside_a_background_one_earns_the_live_lane_nothing() -> None:
-    """Two workers: live t-1 runs beside background b-0 (4 s) and ends after it. With a share of 0.5,
-    b-0 leaves the live lane owed 4 s; t-1's 14 s overlapped b-0, so they do not count, and b-1 waits
-    for t-2 (10 s alone) instead of starting as soon as t-1 ends."""
-    model = GatedModel({"t": 10.0, "b": 4.0})
+
+def test_with_two_workers_a_live_call_waits_for_the_background_batch_running() -> None:
+    """A background batch has the model to itself: a live call arriving meanwhile is not run on the
+    free worker beside it (which would split the cores), but as soon as it ends, ahead of the next
+    background batch."""
+    model = GatedModel({"t": 1.0, "b": 1.0})
     model.gate("b-0")
-    model.gate("t-1")
     settings = BatchingSettings(
-        max_wait_seconds=0,
-        model_workers=2,
-        background_batch_tokens=1,
-        background_share=0.5,
-        background_quiet_seconds=AN_HOUR,
+        max_wait_seconds=0, model_workers=2, background_batch_tokens=1, background_quiet_seconds=0
     )
     batcher = DynamicBatcher(model, settings, clock=model.clock)
     try:
         background = batcher.submit(texts("b", 0, 2), [1, 1], background=True)
         assert model.entered["b-0"].wait(30)
-        beside = batcher.submit(texts("t", 1, 1), [1])
-        assert model.entered["t-1"].wait(30)
+        live = batcher.submit(texts("t", 7, 1), [1])
+        assert batcher.queued_texts == 1
         model.gates["b-0"].set()
-        wait_until(lambda: batcher.batches_run == 1, "b-0 counted as ended, t-1 still running")
-        model.gates["t-1"].set()
-        assert beside.result(30)[0, 0] == 1
-        assert model.batches == ["b-0", "t-1"]  # b-1 still waits for the live lane's 4 s
-        assert batcher.run(texts("t", 2, 1), [1])[0, 0] == 2
+        assert live.result(30)[:, 0].tolist() == [7]
         assert background.result(30)[:, 0].tolist() == [0, 1]
-        assert model.batches == ["b-0", "t-1", "t-2", "b-1"]
+        assert model.batches == ["b-0", "t-7", "b-1"]
+        assert model.beside_other_lane == []
     finally:
-        for gate in model.gates.values():
-            gate.set()
+        model.open_all_gates()
+        batcher.close()
+
+
+def test_a_due_background_batch_waits_for_the_running_live_batch_and_goes_before_queued_ones() -> None:
+    """Two workers, share 0.2: background work arrives while live t-0 (10 s) runs, so its first batch
+    is due at once. It does not start beside t-0, and neither does the queued live call t-1: b-0 goes
+    when t-0 ends. t-0's 10 s earned the lane 2 s, b-0 cost 4 s (and earned 0.8): the lane owes
+    1.2 s, which t-1's 10 s make up, so b-1 goes next."""
+    model = GatedModel({"t": 10.0, "b": 4.0})
+    model.gate("t-0")
+    settings = BatchingSettings(
+        max_wait_seconds=0,
+        model_workers=2,
+        background_batch_tokens=1,
+        background_share=0.2,
+        background_quiet_seconds=AN_HOUR,
+    )
+    batcher = DynamicBatcher(model, settings, clock=model.clock)
+    try:
+        first = batcher.submit(texts("t", 0, 1), [1])
+        assert model.entered["t-0"].wait(30)
+        background = batcher.submit(texts("b", 0, 2), [1, 1], background=True)
+        queued = batcher.submit(texts("t", 1, 1), [1])
+        assert model.batches == ["t-0"]
+        model.gates["t-0"].set()
+        assert [first.result(30)[0, 0], queued.result(30)[0, 0]] == [0, 1]
+        assert background.result(30)[:, 0].tolist() == [0, 1]
+        assert model.batches == ["t-0", "b-0", "t-1", "b-1"]
+        assert model.beside_other_lane == []
+    finally:
+        model.open_all_gates()
+        batcher.close()
+
+
+def test_batches_run_while_live_calls_were_quiet_cost_the_lane_one_wait() -> None:
+    """Share 0.5, background batches of 4 s: b-0 to b-3 run while no live call is there. When live
+    calls then keep coming, each background batch waits for 4 x (1 - 0.5) / 0.5 = 4 s of them (two
+    calls of 2 s), however many background batches ran before: quiet time is not held against the
+    lane."""
+    model = GatedModel({"t": 2.0, "b": 4.0})
+    model.gate("b-3")
+    settings = BatchingSettings(
+        max_batch_tokens=10,  # one live call per batch
+        max_wait_seconds=0,
+        background_batch_tokens=1,
+        background_share=0.5,
+        background_quiet_seconds=0,
+    )
+    batcher = DynamicBatcher(model, settings, clock=model.clock)
+    try:
+        background = batcher.submit(texts("b", 0, 6), [1] * 6, background=True)
+        assert model.entered["b-3"].wait(30)
+        live = [batcher.submit(texts("t", number, 1), [10]) for number in range(1, 7)]
+        model.gates["b-3"].set()
+        assert [call.result(30)[0, 0] for call in live] == list(range(1, 7))
+        assert background.result(30)[:, 0].tolist() == list(range(6))
+        lanes = "".join(first[0].upper() for first in model.batches).replace("T", "L")
+        assert lanes == "BBBB" + "LL" + "B" + "LL" + "B" + "LL"
+    finally:
+        model.open_all_gates()
         batcher.close()
 
 
@@ -237,6 +278,8 @@ def test_live_calls_are_not_refused_because_background_work_is_queued() -> None:
         (BatchingSettings(background_batch_tokens=100), "background batch tokens"),
         (BatchingSettings(background_share=0), "background share"),
         (BatchingSettings(background_share=1), "background share"),
+        (BatchingSettings(background_quiet_seconds=-0.001), "background quiet time"),
+        (BatchingSettings(background_quiet_seconds=float("inf")), "background quiet time"),
     ],
 )
 def test_background_settings_that_cannot_work_are_refused(settings: BatchingSettings, message: str) -> None:

@@ -14,21 +14,27 @@ even share of the recent demand, so that concurrent callers are spread over the 
 all riding one batch.
 
 Background work (the vocabulary build: texts no caller is waiting for) goes through a lane of its own,
-so that it takes the model only when live calls leave it idle:
+so that it takes the model only when live calls leave it idle or have had their share:
 
 - A background submission is cut into batches of at most `background_batch_tokens` tokens (texts x
-  longest), and only one background batch runs at a time. A live call never waits for more than that
-  one small batch (512 tokens by default: about 85 words of the vocabulary, tens of milliseconds on
-  a CPU); with two workers or more it does not wait at all, as a worker is always free for it.
+  longest), and a background batch has the model to itself: it starts only when no live batch runs,
+  and no live batch starts while it runs. Run beside a live batch, it split the cores with it (and
+  three torch threads on two cores slowed both); alone it runs as fast as on an idle server, and a
+  live call arriving meanwhile waits for that one small batch (512 tokens by default: about 85
+  words of the vocabulary, about 0.1 s on two CPU cores).
 - Background batches run freely once live calls have been quiet for `background_quiet_seconds`
   (no live job queued or running): the build then has the model to itself.
-- Under steady live load, the background lane still gets `background_share` of the model's time:
-  after a background batch that took t seconds, the next one waits until live batches have run
-  t x (1 - share) / share seconds, and then goes ahead even of queued live calls. Time, not tokens:
-  the vocabulary's one-word texts cost several times more per token than sentences. So background
-  work that takes T seconds of model time alone is done within about T / share seconds of a
-  saturated model: 6.7 times as long as on an idle server at the default share of 0.15, while live
-  calls keep 85% of the model.
+- Under steady live load the lane still gets `background_share` of the time while it has work:
+  it earns that share of every second as credit, and each of its batches costs its own duration.
+  When the credit is not negative, no new live batch starts: the background batch goes next, as
+  soon as the live batches running end, ahead of queued live calls. After a batch that took t
+  seconds, live calls have the model for t x (1 - share) / share seconds (the credit never sinks
+  lower, so batches run while live calls were quiet are not held against the lane), and the time
+  it waited for running live batches to end is made up by the next turn. Time, not tokens: the
+  vocabulary's one-word texts cost several times more per token than sentences. So background
+  work that takes T seconds on an idle server is done within about T / share seconds however busy
+  the server is (6.7 T at the default share of 0.15), and live calls lose at most that share of
+  the model's time to it.
 - Background texts have a queue limit of their own (max_queued_texts, apart from the live queue's):
   live calls are never refused because background work is queued.
 """
@@ -109,7 +115,12 @@ class BatchingSettings:
             )
         if not 0 < self.background_share < 1:
             raise InvalidSettings(
-                f"the background share must be between 0 and 1, got {self.background_share}"
+                f"the background share must be between 0 and 1 (both excluded), got {self.background_share}"
+            )
+        if not 0 <= self.background_quiet_seconds < math.inf:
+            raise InvalidSettings(
+                "the background quiet time must be 0 ms or more, got "
+                f"{self.background_quiet_seconds * 1000:g} ms"
             )
 
 
@@ -170,11 +181,14 @@ class DynamicBatcher:
         settings: BatchingSettings,
         name: str = "encoder",
         clock: Callable[[], float] = time.monotonic,
+        run_background_batch: BatchFunction | None = None,
     ) -> None:
-        """`clock` times the batches for the background lane's share (tests give one of their own)."""
+        """`clock` times the background lane's share (tests give one of their own);
+        `run_background_batch` runs the background batches, when they are to be told apart."""
         if settings.model_workers < 1:
             raise ValueError(f"a batcher needs at least one worker, got {settings.model_workers}")
         self._run_batch = run_batch
+        self._run_background_batch = run_background_batch or run_batch
         self._settings = settings
         self._clock = clock
         self._queue: collections.deque[_Job] = collections.deque()
@@ -182,9 +196,10 @@ class DynamicBatcher:
         self._background: collections.deque[_Job] = collections.deque()
         self._background_texts = 0
         self._background_running = False
-        self._background_batches_begun = 0
-        # Seconds of live batches to run before the next background batch while live calls keep coming.
-        self._live_owed = 0.0
+        # Seconds of model time the background lane is owed (see the module docstring): not negative
+        # means its next batch goes ahead of live calls. Earned while it has work, since the clock read.
+        self._background_credit = 0.0
+        self._credit_since = clock()
         # When live calls were last seen (submitted or answered), and their batches running now.
         self._last_live = float("-inf")
         self._live_running = 0
@@ -258,6 +273,7 @@ class DynamicBatcher:
                 f"{self._settings.max_queued_texts})"
             )
         parts = _background_parts(job, self._settings.background_batch_tokens)
+        self._earn_credit()  # nothing earned while the lane had no work
         self._background.extend(parts)
         self._background_texts += len(job.texts)
         self._condition.notify_all()
@@ -313,9 +329,9 @@ class DynamicBatcher:
             self._background_texts -= self._drop_cancelled(self._background)
             if self._background_turn():
                 return self._take_background(), True
-            if self._queue:
+            if self._queue and not self._background_running and not self._background_due():
                 break
-            if self._closed and not self._background:
+            if self._closed and not self._queue and not self._background:
                 return [], False
             self._condition.wait(self._until_background_turn())
         batch = [self._queue.popleft()]
@@ -358,17 +374,31 @@ class DynamicBatcher:
         quiet_since = self._last_live + self._settings.background_quiet_seconds
         return not self._queue and not self._live_running and time.monotonic() >= quiet_since
 
-    def _background_turn(self) -> bool:
-        """Whether the next batch is a background one (call with the lock held): one is queued and none
-        runs, and either live calls are quiet (or the batcher closing) or they have had their share."""
+    def _earn_credit(self) -> None:
+        """Adds the background lane's share of the time since the last call, if it had work meanwhile
+        (queued or running; call with the lock held)."""
+        now = self._clock()
+        if self._background or self._background_running:
+            self._background_credit += self._settings.background_share * (now - self._credit_since)
+        self._credit_since = now
+
+    def _background_due(self) -> bool:
+        """Whether a queued background batch is owed its turn ahead of live calls (call with the lock
+        held): then no new live batch starts, and it runs once the live batches running end."""
         if not self._background or self._background_running:
             return False
-        if self._closed or self._live_quiet():
-            self._live_owed = 0.0  # an idle live lane is owed nothing
-        return self._live_owed <= 0
+        self._earn_credit()
+        return self._background_credit >= 0
+
+    def _background_turn(self) -> bool:
+        """Whether the next batch is a background one (call with the lock held): one is queued, no batch
+        runs beside it, and live calls are quiet (or the batcher closing) or the lane is owed its turn."""
+        if not self._background or self._background_running or self._live_running:
+            return False
+        return self._closed or self._live_quiet() or self._background_due()
 
     def _until_background_turn(self) -> float | None:
-        """How long a gathering worker with no turn to take may wait (None: until notified)."""
+        """How long a gathering worker with no batch to take may wait (None: until notified)."""
         if not self._background or self._background_running or self._queue or self._live_running:
             return None  # a submission or the end of a batch notifies
         quiet_since = self._last_live + self._settings.background_quiet_seconds
@@ -387,8 +417,12 @@ class DynamicBatcher:
             texts += len(candidate.texts)
             longest = max(longest, candidate.longest)
         self._background_texts -= texts
+        self._earn_credit()
+        if self._closed or self._live_quiet():
+            # Running freely, the batch makes up no wait for live batches: what the lane earned
+            # meanwhile (while its worker woke, say) is not carried over.
+            self._background_credit = min(self._background_credit, 0.0)
         self._background_running = True
-        self._background_batches_begun += 1
         self._running += 1
         return batch
 
@@ -404,22 +438,20 @@ class DynamicBatcher:
         demand = max(sum(self._worker_batch_jobs), taken + len(self._queue))
         return math.ceil(demand / free)
 
-    def _batch_ended(self, background: bool, seconds: float, beside_background: bool = False) -> None:
-        """Counts a batch that took `seconds` as no longer running (call with the lock held). A live
-        batch that ran beside a background one earns the live lane nothing: both were slowed."""
+    def _batch_ended(self, background: bool, seconds: float) -> None:
+        """Counts a batch that took `seconds` as no longer running (call with the lock held)."""
         self._running -= 1
         if background:
-            self._background_running = False
+            self._earn_credit()
             share = self._settings.background_share
-            self._live_owed += seconds * (1 - share) / share
+            # Never lower than one batch's due: batches run while live calls were quiet cost the lane
+            # no more than the wait after its last one.
+            self._background_credit = max(self._background_credit - seconds, -seconds * (1 - share))
+            self._background_running = False
         else:
             self._live_running -= 1
             self._last_live = time.monotonic()
-            if not beside_background:
-                # Never below zero: a long stretch of live work earns the background lane one turn.
-                self._live_owed = max(0.0, self._live_owed - seconds)
-        if self._background:
-            self._condition.notify_all()  # the background lane may have its turn now
+        self._condition.notify_all()  # the other lane may have its turn now
 
     def _work(self, index: int) -> None:
         while True:
@@ -427,11 +459,9 @@ class DynamicBatcher:
             if not batch:
                 return
             texts = [text for job in batch for text in job.texts]
-            with self._condition:  # to tell whether a background batch runs beside this one
-                running_then, begun_then = self._background_running, self._background_batches_begun
             began = self._clock()
             try:
-                rows = self._run_batch(texts)
+                rows = (self._run_background_batch if background else self._run_batch)(texts)
             except Exception as error:  # the callers get the error; the worker lives on
                 log.exception("batch of %d texts failed", len(texts))
                 with self._condition:
@@ -440,9 +470,7 @@ class DynamicBatcher:
                     job.result.set_exception(error)
                 continue
             with self._condition:
-                begun_since = self._background_batches_begun != begun_then
-                beside = running_then or begun_since or self._background_running
-                self._batch_ended(background, self._clock() - began, beside)
+                self._batch_ended(background, self._clock() - began)
                 self.batches_run += 1
                 if background:
                     self.background_texts_run += len(texts)

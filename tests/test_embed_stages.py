@@ -138,3 +138,21 @@ def test_every_stage_of_an_embed_call_is_timed(metered: RunningServer) -> None:
         )
         for name in ("vecserve_embed_stage_cpu_seconds_total", "vecserve_embed_stage_text_seconds_total"):
             assert after[name, stage] > before[name, stage], (name, stage)
+
+
+def test_background_work_is_timed_apart_from_the_embed_stages(
+    metered: RunningServer, encoder: Encoder
+) -> None:
+    """The vocabulary build's texts (background work) leave the per-Embed stage metrics as they were
+    and are counted in the encoder's background stages instead; the model's token counts hold both."""
+    words = ['"seagrass"', '"dugong"', '"kelp"', '"reef"']
+    before = stage_samples(metered)
+    background_before = encoder.background_stages.totals()
+    batches_before = encoder.stages.model_batches
+    encoder.encode(words, background=True)
+    assert stage_samples(metered) == before
+    background_after = encoder.background_stages.totals()
+    for stage in ("tokenize", "queue", "model", "normalize"):
+        assert background_after[stage].texts == background_before[stage].texts + len(words), stage
+        assert background_after[stage].text_seconds > background_before[stage].text_seconds, stage
+    assert encoder.stages.model_batches == batches_before + 1

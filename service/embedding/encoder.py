@@ -141,8 +141,10 @@ class Encoder:
             self._backend_run = loaded.run
             dtype = loaded.dtype
         self._model_lock = threading.Lock()
-        # CPU and wall time by stage, and the model's real and padded tokens (for metrics).
+        # CPU and wall time by stage of live calls, and the model's real and padded tokens (for metrics).
         self.stages = StageClock()
+        # The stages of background work (the vocabulary build), apart: they would skew the live figures.
+        self.background_stages = StageClock()
         # Torch's threads, shared among the model calls running at once.
         self._torch_threads = ThreadShare(torch.get_num_threads())
         dimension = (
@@ -166,7 +168,9 @@ class Encoder:
             batching.check(self.info.max_sequence_length, max_texts_per_request)
             workers = self._model_workers(batching.model_workers)
             self._batcher = DynamicBatcher(
-                self._run_model, dataclasses.replace(batching, model_workers=workers)
+                self._run_model,
+                dataclasses.replace(batching, model_workers=workers),
+                run_background_batch=self._run_background_model,
             )
 
     def _model_workers(self, requested: int) -> int:
@@ -271,10 +275,10 @@ class Encoder:
         """Just the vectors, float32, one row per text (inputs over the limit are cut).
 
         `background` work (no caller waiting for it) yields the model to live calls: see the
-        batcher's background lane."""
+        batcher's background lane. Its stages are timed in `background_stages`."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._vectors(self._prepare(texts)[0], normalize, is_cancelled, background)
+        return self._vectors(self._prepare(texts, background)[0], normalize, is_cancelled, background)
 
     @property
     def tokenizes_once(self) -> bool:
@@ -285,7 +289,10 @@ class Encoder:
         """The model inputs of texts (tokenized, cut to the limit), as the batcher takes them."""
         return self._prepare(texts)[0]
 
-    def _prepare(self, texts: Sequence[str]) -> tuple[list[ModelInput], list[int]]:
+    def _stage_clock(self, background: bool) -> StageClock:
+        return self.background_stages if background else self.stages
+
+    def _prepare(self, texts: Sequence[str], background: bool = False) -> tuple[list[ModelInput], list[int]]:
         """Model inputs and each text's whole token count (special tokens included)."""
         began = now()
         if self._inputs is not None:
@@ -297,7 +304,7 @@ class Encoder:
             limit = self.info.max_sequence_length
             inputs = [TextInput(text, min(count, limit)) for text, count in zip(texts, counts, strict=True)]
             prepared = inputs, counts
-        self.stages.record("tokenize", began, len(texts))
+        self._stage_clock(background).record("tokenize", began, len(texts))
         return prepared
 
     def _vectors(
@@ -316,22 +323,26 @@ class Encoder:
                 # The wait for the lock is where a caller may give up.
                 if is_cancelled is not None and is_cancelled():
                     raise Cancelled("the call ended before its texts reached the model")
-                vectors = self._run_model(model_inputs)
-        began = self.stages.record("queue", began, len(model_inputs))
+                vectors = self._run_model(model_inputs, background)
+        stages = self._stage_clock(background)
+        began = stages.record("queue", began, len(model_inputs))
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.stages.record("normalize", began, len(model_inputs))
+        stages.record("normalize", began, len(model_inputs))
         return vectors
 
-    def _run_model(self, model_inputs: list[ModelInput]) -> np.ndarray:
+    def _run_model(self, model_inputs: list[ModelInput], background: bool = False) -> np.ndarray:
         """Raw pooled vectors; called by the batcher's workers (concurrently only on the torch path with
         texts tokenized here) or under the model lock."""
         began = now()
         vectors = self._model_vectors(model_inputs)
-        self.stages.record("model", began, len(model_inputs))
+        self._stage_clock(background).record("model", began, len(model_inputs))
         return vectors
+
+    def _run_background_model(self, model_inputs: list[ModelInput]) -> np.ndarray:
+        return self._run_model(model_inputs, background=True)
 
     def _model_vectors(self, model_inputs: list[ModelInput]) -> np.ndarray:
         if self._backend_run is not None:

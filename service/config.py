@@ -52,6 +52,12 @@ class Settings:
     max_queued_texts: int = 8192
     # Batches the model runs at the same time; 0 lets the encoder choose (see Encoder).
     model_workers: int = AUTO_MODEL_WORKERS
+    # The batcher's background lane (the vocabulary build; see service/embedding/batching.py): tokens
+    # per background batch, its share of the model's time under steady live load, and the quiet time
+    # of live calls after which it runs freely.
+    background_batch_tokens: int = 512
+    background_share: float = 0.15
+    background_quiet_ms: float = 50.0
     # Concurrent searches of one index with the same k and filter run as one FAISS call.
     search_batching: bool = True
     # Documents per upsert or delete call (and per streamed message).
@@ -131,6 +137,9 @@ class Settings:
             max_wait_seconds=self.max_batch_wait_ms / 1000,
             max_queued_texts=self.max_queued_texts,
             model_workers=self.model_workers,
+            background_batch_tokens=self.background_batch_tokens,
+            background_share=self.background_share,
+            background_quiet_seconds=self.background_quiet_ms / 1000,
         )
 
     @property

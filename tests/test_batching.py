@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from clients import VecserveClient
+from clients.cli import build_parser
+from clients.commands.serve import settings_from_args
 from clients.local_server import ServerProcess
 from service.config import Settings
 from service.embedding import batching
@@ -365,6 +367,7 @@ def test_full_queue_gives_resource_exhausted_through_grpc(encoder: Encoder, tmp_
     [
         (("--max-batch-tokens", "64"), "must be at least the model's max sequence length"),
         (("--model-workers", "17"), "model workers must be between 1 and 16"),
+        (("--background-share", "1.5"), "background share must be between 0 and 1"),
     ],
 )
 def test_server_refuses_to_start_with_impossible_batching(
@@ -374,3 +377,38 @@ def test_server_refuses_to_start_with_impossible_batching(
     with pytest.raises(RuntimeError, match="exited with 2"):
         server.start(timeout=120)
     assert message in server.log()
+
+
+def test_the_background_lane_is_set_by_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vecserve serve` flags (winning over VECSERVE_* variables) reach the batcher's settings."""
+    monkeypatch.setenv("VECSERVE_BACKGROUND_SHARE", "0.4")
+    monkeypatch.setenv("VECSERVE_BACKGROUND_QUIET_MS", "80")
+    parser = build_parser()
+    flagged = settings_from_args(
+        parser.parse_args(["serve", "--background-batch-tokens=1024", "--background-quiet-ms=20"])
+    ).batching
+    assert flagged is not None
+    assert (flagged.background_batch_tokens, flagged.background_share) == (1024, 0.4)
+    assert flagged.background_quiet_seconds == pytest.approx(0.020)
+    defaults = Settings().batching
+    assert defaults is not None
+    assert (defaults.background_batch_tokens, defaults.background_share) == (512, 0.15)
+    assert defaults.background_quiet_seconds == pytest.approx(0.050)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"background_batch_tokens": 100}, "background batch tokens \\(100\\) must be at least"),
+        ({"background_share": 0.0}, "background share must be between 0 and 1"),
+        ({"background_quiet_ms": -1.0}, "background quiet time must be 0 ms or more, got -1 ms"),
+    ],
+)
+def test_an_encoder_refuses_background_settings_that_cannot_work(
+    encoder: Encoder, changes: dict[str, float], message: str
+) -> None:
+    """Checked with the model's limits when the encoder is built (the flags' values as they reach it)."""
+    batching = Settings(max_batch_tokens=16384).replace(**changes).batching
+    assert batching is not None
+    with pytest.raises(InvalidSettings, match=message):
+        batching.check(encoder.info.max_sequence_length, Settings().max_texts_per_request)

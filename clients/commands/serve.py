@@ -121,6 +121,24 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "gathered (VECSERVE_MODEL_WORKERS; default 0: 2 for torch on a multi-core machine, else 1)",
     )
     parser.add_argument(
+        "--background-batch-tokens",
+        type=int,
+        help="padded tokens per batch of background work, the vocabulary build: the longest a live call "
+        "waits for it (VECSERVE_BACKGROUND_BATCH_TOKENS; default 512)",
+    )
+    parser.add_argument(
+        "--background-share",
+        type=float,
+        help="share of the model's time background work keeps under steady live load, between 0 and 1: "
+        "it is done within about 1 / share times its idle time (VECSERVE_BACKGROUND_SHARE; default 0.15)",
+    )
+    parser.add_argument(
+        "--background-quiet-ms",
+        type=float,
+        help="quiet time of live calls after which background work runs freely "
+        "(VECSERVE_BACKGROUND_QUIET_MS; default 50)",
+    )
+    parser.add_argument(
         "--tokens-file",
         help="require bearer tokens: a file of 'ROLE TOKEN' lines, role read or write "
         "(VECSERVE_TOKENS_FILE; default: no authentication)",

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from vecserve.v1 import analogy_pb2, embedding_pb2, index_pb2
+from vecserve.v1 import analogy_pb2, embedding_pb2, embedding_pb2_grpc, index_pb2
 
 from clients import VecserveClient
 from clients.cli import main as cli_main
@@ -201,6 +201,16 @@ def test_refused_writes_change_nothing(auth_server: RunningServer) -> None:
         assert writer.get_index(INDEX).document_count == before
         assert writer.get_document(INDEX, "door").text == "a door in the wall"
         assert "intruder-index" not in {index.name for index in writer.all_indexes()}
+
+
+def test_refused_calls_carry_their_request_id(channel: grpc.Channel) -> None:
+    stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetModelInfo(
+            embedding_pb2.GetModelInfoRequest(), metadata=[("x-request-id", "refused-1")], timeout=10
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert dict(caught.value.trailing_metadata() or ()).get("x-request-id") == "refused-1"
 
 
 def test_health_and_reflection_need_no_token(channel: grpc.Channel) -> None:

@@ -1,5 +1,5 @@
-"""Request ids and structured logs: ids are taken from the client or made, echoed back, and carried
-by the access-log line of every call, in text and JSON formats."""
+"""Request ids and structured logs: ids are taken from the client or made, echoed back in the trailing
+metadata, and carried by the access-log line of every call, in text and JSON formats."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -43,7 +44,7 @@ def test_the_client_request_id_is_echoed_and_logged(
         _, call = stub.GetModelInfo.with_call(
             embedding_pb2.GetModelInfoRequest(), metadata=[(REQUEST_ID_HEADER, "trace-42.a:b")], timeout=10
         )
-    assert echoed_id(call.initial_metadata()) == "trace-42.a:b"
+    assert echoed_id(call.trailing_metadata()) == "trace-42.a:b"
     (record,) = [r for r in access_records(caplog) if r.fields["request_id"] == "trace-42.a:b"]  # type: ignore[attr-defined]
     assert record.fields["method"] == "/vecserve.v1.EmbeddingService/GetModelInfo"  # type: ignore[attr-defined]
     assert record.fields["code"] == "OK"  # type: ignore[attr-defined]
@@ -54,7 +55,7 @@ def test_a_request_id_is_made_when_none_is_sent(stub: embedding_pb2_grpc.Embeddi
     made = set()
     for _ in range(3):
         _, call = stub.GetModelInfo.with_call(embedding_pb2.GetModelInfoRequest(), timeout=10)
-        request_id = echoed_id(call.initial_metadata())
+        request_id = echoed_id(call.trailing_metadata())
         assert request_id is not None and re.fullmatch(r"[0-9a-f]{32}", request_id)
         made.add(request_id)
     assert len(made) == 3
@@ -64,7 +65,7 @@ def test_a_request_id_is_made_when_none_is_sent(stub: embedding_pb2_grpc.Embeddi
 def test_unsafe_request_ids_are_replaced(stub: embedding_pb2_grpc.EmbeddingServiceStub, unsafe: str) -> None:
     metadata = [(REQUEST_ID_HEADER, unsafe)]
     _, call = stub.GetModelInfo.with_call(embedding_pb2.GetModelInfoRequest(), metadata=metadata, timeout=10)
-    assert re.fullmatch(r"[0-9a-f]{32}", echoed_id(call.initial_metadata()) or "")
+    assert re.fullmatch(r"[0-9a-f]{32}", echoed_id(call.trailing_metadata()) or "")
 
 
 def test_failed_calls_carry_the_request_id_too(
@@ -73,7 +74,10 @@ def test_failed_calls_carry_the_request_id_too(
     with caplog.at_level(logging.INFO, logger="vecserve.access"), pytest.raises(grpc.RpcError) as caught:
         stub.Embed(embedding_pb2.EmbedRequest(), metadata=[(REQUEST_ID_HEADER, "failing-call")], timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert echoed_id(caught.value.initial_metadata()) == "failing-call"
+    assert echoed_id(caught.value.trailing_metadata()) == "failing-call"
+    # The error's details travel in the same trailing metadata, beside the id.
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     (record,) = [r for r in access_records(caplog) if r.fields["request_id"] == "failing-call"]  # type: ignore[attr-defined]
     assert record.fields["code"] == "INVALID_ARGUMENT"  # type: ignore[attr-defined]
 

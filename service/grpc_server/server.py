@@ -23,15 +23,14 @@ from vecserve.v1 import (
 )
 
 from service.analogy.vocabulary import DefaultVocabulary
-from service.api.auth import load_tokens
+from service.api.auth import TokenTable, load_tokens, protected_methods
 from service.api.services import calls_over
 from service.common.drain import Drain
 from service.config import Settings
 from service.core import Core, build_core
 from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
-from service.grpc_server.auth import AuthInterceptor
-from service.grpc_server.interceptors import ObservingInterceptor, receive_limit
+from service.grpc_server.interceptors import ObservedRegistration, receive_limit
 from service.grpc_server.servicers.analogy import AnalogyServicer
 from service.grpc_server.servicers.embedding import EmbeddingServicer
 from service.grpc_server.servicers.index import IndexServicer
@@ -93,24 +92,17 @@ class _FrontDoor:
 
     metrics: ServerMetrics
     drain: Drain
-    interceptors: list[grpc.ServerInterceptor]
+    tokens: TokenTable | None
     credentials: grpc.ServerCredentials | None
 
 
 def _front_door(settings: Settings) -> _FrontDoor:
     """Reads the tokens and certificates, so that mistakes in them show before the core is built."""
-    metrics = ServerMetrics()
-    drain = Drain()
-    # The observer goes first (outermost), so refused calls are logged and counted too.
-    interceptors: list[grpc.ServerInterceptor] = [
-        ObservingInterceptor(CallObserver("grpc", metrics.grpc, drain), settings.max_message_bytes)
-    ]
-    if settings.tokens_file is not None:
-        interceptors.append(AuthInterceptor(load_tokens(settings.tokens_file)))
+    tokens = load_tokens(settings.tokens_file) if settings.tokens_file is not None else None
     credentials = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-    return _FrontDoor(metrics, drain, interceptors, credentials)
+    return _FrontDoor(ServerMetrics(), Drain(), tokens, credentials)
 
 
 def create_server(settings: Settings, encoder: Encoder | None = None) -> RunningServer:
@@ -136,25 +128,34 @@ def _start(settings: Settings, core: Core, front: _FrontDoor) -> RunningServer:
             # A second server on a taken port must fail, not silently share the port's calls.
             ("grpc.so_reuseport", 0),
         ],
-        interceptors=front.interceptors,
+    )
+    # Every service registers through the front door, so that refused calls are logged and counted too.
+    registration = ObservedRegistration(
+        server,
+        CallObserver("grpc", front.metrics.grpc, front.drain),
+        settings.max_message_bytes,
+        front.tokens,
+        protected_methods(),
     )
     front.metrics.watch_encoder(core.encoder)
     front.metrics.watch_store(core.store)
     calls = calls_over(core)
-    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(calls.embedding), server)
-    index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(calls.index), server)
-    analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(calls.analogy), server)
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+        EmbeddingServicer(calls.embedding), registration
+    )
+    index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(calls.index), registration)
+    analogy_pb2_grpc.add_AnalogyServiceServicer_to_server(AnalogyServicer(calls.analogy), registration)
     service_names = [
         _service_name(embedding_pb2, "EmbeddingService"),
         _service_name(index_pb2, "IndexService"),
         _service_name(analogy_pb2, "AnalogyService"),
     ]
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registration)
     for name in [*service_names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], registration
     )
     try:
         if front.credentials is not None:

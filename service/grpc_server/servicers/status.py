@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -16,9 +17,22 @@ from service.errors import VecserveError
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
 def abort_with_error(context: grpc.ServicerContext, error: VecserveError) -> None:
-    """Ends the call with the status of a domain error (never returns)."""
-    context.abort_with_status(rpc_status.to_status(status_of(error)))
+    """Ends the call with the status of a domain error (never returns).
+
+    The status's details travel in the trailing metadata, after what the call set there already (its
+    request id): abort_with_status alone would replace it.
+    """
+    status = rpc_status.to_status(status_of(error))
+    kept = tuple(context.trailing_metadata() or ())
+    context.abort_with_status(_Status(status.code, status.details, (*kept, *status.trailing_metadata)))
 
 
 F = TypeVar("F", bound=Callable[..., Any])

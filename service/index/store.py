@@ -448,18 +448,18 @@ class IndexStore:
                 sorted({faiss_id for hits in ranked for faiss_id, _ in hits}), include_vectors
             )
         # A document's size is computed once, however many queries it answers (many queries and a
-        # large k can repeat the same long texts).
+        # large k can repeat the same long texts); the answer's total is summed as the hits are made.
         sizes = {faiss_id: _stored_bytes(fields) for faiss_id, fields in documents.items()}
-        _check_answer_size(
-            sum(sizes[faiss_id] for hits in ranked for faiss_id, _ in hits), self.max_response_bytes
-        )
+        answer_bytes = 0
         results = []
         for hits in ranked:
             query_hits = []
             for faiss_id, score in hits:
                 document_id, text, metadata, vector = documents[faiss_id]
+                answer_bytes += sizes[faiss_id]
                 query_hits.append(Hit(document_id, score, text, metadata, vector))
             results.append(query_hits)
+        _check_answer_size(answer_bytes, self.max_response_bytes)
         return results
 
     def generation(self, name: str) -> tuple[int, int]:

@@ -18,10 +18,12 @@ tiny / quick / full, four times larger on a GPU; queries 100 / 300 / 1,000):
 Systems:
   vecserve     every index kind through gRPC against a server subprocess, loaded with StreamUpsert
                messages of 1,024 raw vectors (above GRPC_LOAD_LIMIT vectors, built in-process with
-               IndexStore and then served). HNSW and IVF_FLAT are built once and swept with the
-               per-request ef_search and nprobe: HNSW from the ef hnswlib needed (same M and
-               ef_construction, near-identical recall per ef), stepping cheaper while recall 0.95 holds
-               or broader until it does (at most SWEEP_STEPS settings); IVF likewise from nlist/8.
+               IndexStore, snapshotted once on close, and then served). HNSW and IVF_FLAT are built
+               once and swept with the per-request ef_search and nprobe: HNSW from the ef hnswlib
+               needed (same M and ef_construction, near-identical recall per ef), stepping through
+               EF_STEPS (eight per doubling, the grid hnswlib's ef is chosen from too) cheaper while
+               recall 0.95 holds or broader until it does (at most SWEEP_STEPS settings); IVF likewise
+               from nlist/8.
   chromadb     in-process PersistentClient with its default HNSW settings (l2, M=16,
                ef_construction=100, ef_search=100), and when those miss recall 0.95 the smallest
                ef_search that reaches it

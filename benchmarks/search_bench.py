@@ -3,7 +3,8 @@
 Per-call floor: one-query Search calls one after another on a small flat index (FLOOR_VECTORS, k=10)
 against a vecserve server subprocess, taking turns with Health/Check calls to a bare grpcio server
 subprocess (the health service alone), both with prebuilt requests; the difference is what the service
-adds to a call (interceptors, message conversion, the store's search and its answer).
+adds to a call (its front door: request id, token check, access log and metrics; message conversion;
+the store's search and its answer).
 
 Concurrent searches (aim 5 of the throughput work): 32 clients, one query per call,
 against a flat index, with search batching on and off, vs one batched in-process FAISS search.

@@ -1,1 +1,2 @@
-"""The gRPC transport: server, servicers, interceptors, bearer-token auth and TLS over the core."""
+"""The gRPC transport: server, servicers, the front door (request ids, access log, metrics, bearer
+tokens) and TLS over the core."""

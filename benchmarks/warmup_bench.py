@@ -1,9 +1,11 @@
 """A freshly started server (issue 14): live Embed throughput while it builds its analogy vocabulary
 in the background, and after; and how long the vocabulary takes to become ready, on an idle server
-and under that steady load."""
+and under that steady load. The machine's load average is sampled during both builds: the two are
+comparable only when it was about the same."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -14,12 +16,35 @@ import grpc
 from benchmarks.common import Report, median, short_texts
 from clients import VecserveClient
 from clients.local_server import ServerProcess
+from service.embedding.batching import BatchingSettings
 
 CALLS = 24
 BATCH = 64
 # How long one GetVocabulary call waits for the build before it is asked again.
 READY_POLL_SECONDS = 30.0
 ROUNDS_AFTER = 3
+LOAD_SAMPLE_SECONDS = 5.0
+
+
+class LoadSampler:
+    """Samples the machine's 1-minute load average in a thread until stopped."""
+
+    def __init__(self) -> None:
+        self.samples = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="load-sampler", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(LOAD_SAMPLE_SECONDS):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> str:
+        """Stops sampling; describes the load seen."""
+        self._stop.set()
+        self._thread.join()
+        low, high, middle = min(self.samples), max(self.samples), median(self.samples)
+        return f"load average {low:.1f} to {high:.1f}, median {middle:.1f}"
 
 
 class ReadyWatch:
@@ -69,7 +94,7 @@ def fresh_server(data_dir: Path, vocabulary_size: int) -> tuple[ServerProcess, R
     return server, ReadyWatch(server.address, time.perf_counter())
 
 
-def run(report: Report) -> None:
+def fresh_servers(report: Report) -> None:
     vocabulary_size = {"tiny": 200, "quick": 30_000, "full": 30_000}[report.size]
     texts = short_texts(CALLS * BATCH)
     during: list[float] = []
@@ -77,11 +102,14 @@ def run(report: Report) -> None:
     after: list[float] = []
     with tempfile.TemporaryDirectory() as scratch:
         idle, idle_watch = fresh_server(Path(scratch) / "idle", vocabulary_size)
+        idle_load = LoadSampler()
         try:
             idle_seconds = idle_watch.wait()
         finally:
+            idle_load_note = idle_load.stop()
             idle.stop()
         loaded, watch = fresh_server(Path(scratch) / "loaded", vocabulary_size)
+        loaded_load = LoadSampler()
         try:
             with VecserveClient(loaded.address, timeout=600) as client:
                 client.embed(texts[:BATCH])  # warm-up
@@ -93,17 +121,94 @@ def run(report: Report) -> None:
                         break
                     during.append(rate)
                 loaded_seconds = watch.wait()
+                loaded_load_note = loaded_load.stop()
                 after = [embed_round(client, texts) for _ in range(ROUNDS_AFTER)]
         finally:
+            loaded_load.stop()
             loaded.stop()
     note = f"{len(during)} rounds wholly during the build, median"
     if not during:  # a build shorter than one round (tiny sizes): the round it ended in
         during, note = overlapping, "the build ended within the first round"
     section = "warm-up"
     calls = f"{CALLS} calls of {BATCH}"
-    report.add(section, f"vocabulary of {vocabulary_size:,} words: ready, idle server", idle_seconds, "s")
-    report.add(section, f"  ready under steady Embed load ({calls})", loaded_seconds, "s")
-    report.add(section, "  under load / idle", loaded_seconds / idle_seconds, "ratio")
+    bound = 1 / BatchingSettings().background_share
+    ready = f"vocabulary of {vocabulary_size:,} words: ready, idle server"
+    report.add(section, ready, idle_seconds, "s", idle_load_note)
+    report.add(section, f"  ready under steady Embed load ({calls})", loaded_seconds, "s", loaded_load_note)
+    report.add(
+        section, "  under load / idle", loaded_seconds / idle_seconds, "ratio", f"bound about {bound:.1f}"
+    )
     report.add(section, f"Embed {calls} during the vocabulary build", median(during), "texts/s", note)
     report.add(section, f"Embed {calls} after the vocabulary build", median(after), "texts/s")
     report.add(section, "during / after the build", median(during) / median(after), "ratio", "aim >= 0.8")
+
+
+def alternating_rounds(report: Report) -> None:
+    """Live throughput with the vocabulary's background work and without it, in windows alternating in
+    one process (the encoder as served, no transport), so that the machine's changing load falls on
+    both alike; and the share of the time the background batches took."""
+    from service.analogy.space import WORD_TEMPLATE
+    from service.analogy.vocabulary import english_words
+    from service.config import Settings
+    from service.embedding.encoder import Encoder
+
+    settings = Settings(device="cpu")
+    encoder = Encoder(settings.model_name_or_path, device="cpu", batching=settings.batching)
+    batcher = encoder.batcher
+    assert batcher is not None
+    words = [WORD_TEMPLATE.format(word) for word in english_words(30_000)]
+    background_on = threading.Event()
+    finished = threading.Event()
+
+    def build_without_end() -> None:
+        start = 0
+        while not finished.is_set():
+            background_on.wait()
+            encoder.encode(words[start : start + 512], background=True)
+            start = (start + 512) % (len(words) - 512)
+
+    building = threading.Thread(target=build_without_end, name="background-words", daemon=True)
+    building.start()
+    texts = short_texts(CALLS * BATCH)
+    encoder.encode(texts[:BATCH])  # warm-up
+    window = report.pick(tiny=1, quick=6, full=10)
+    ratios: list[float] = []
+    shares: list[float] = []
+    try:
+        for _ in range(report.pick(tiny=1, quick=12, full=20)):
+            rates = []
+            for on in (True, False):
+                if on:
+                    background_on.set()
+                else:
+                    background_on.clear()
+                    encoder.encode(texts[:BATCH])  # the last background submission drains meanwhile
+                background_before = batcher.background_seconds_run
+                began, done, start = time.perf_counter(), 0, 0
+                while time.perf_counter() - began < window:
+                    encoder.encode(texts[start : start + BATCH])
+                    done, start = done + BATCH, (start + BATCH) % len(texts)
+                elapsed = time.perf_counter() - began
+                rates.append(done / elapsed)
+                if on:
+                    shares.append((batcher.background_seconds_run - background_before) / elapsed)
+            ratios.append(rates[0] / rates[1])
+    finally:
+        finished.set()
+        background_on.set()
+        building.join()
+        encoder.close()
+    section = "warm-up"
+    report.add(
+        section,
+        f"alternating {window} s windows: Embed with / without background work",
+        median(ratios),
+        "ratio",
+        f"median of {len(ratios)} pairs, aim >= 0.8",
+    )
+    report.add(section, "  share of the time the background batches took", median(shares), "ratio")
+
+
+def run(report: Report) -> None:
+    fresh_servers(report)
+    alternating_rounds(report)

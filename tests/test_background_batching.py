@@ -121,6 +121,7 @@ def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
         assert background.result(30)[:, 0].tolist() == list(range(15))
         assert [call.result(30)[0, 0] for call in [first, *live]] == list(range(13))
         assert model.lanes() == "LB" + "L" * 5 + "B" + "L" * 6 + "B" + "L"
+        assert batcher.background_seconds_run == 3 * 20.0
     finally:
         model.release.set()
         batcher.close()

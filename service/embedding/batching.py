@@ -20,8 +20,8 @@ so that it takes the model only when live calls leave it idle or have had their 
   longest), and a background batch has the model to itself: it starts only when no live batch runs,
   and no live batch starts while it runs. Run beside a live batch, it split the cores with it (and
   three torch threads on two cores slowed both); alone it runs as fast as on an idle server, and a
-  live call arriving meanwhile waits for that one small batch (512 tokens by default: about 85
-  words of the vocabulary, about 0.1 s on two CPU cores).
+  live call arriving meanwhile waits for that one small batch (512 tokens by default: about 70
+  words of the vocabulary, about 0.2 s on two CPU cores).
 - Background batches run freely once live calls have been quiet for `background_quiet_seconds`
   (no live job queued or running): the build then has the model to itself.
 - Under steady live load the lane still gets `background_share` of the time while it has work:
@@ -204,6 +204,8 @@ class DynamicBatcher:
         self._last_live = float("-inf")
         self._live_running = 0
         self.background_texts_run = 0
+        # Seconds the background batches took (on `clock`): with the wall time, the share they had.
+        self.background_seconds_run = 0.0
         self._condition = threading.Condition()
         self._closed = False
         self.batches_run = 0
@@ -470,10 +472,12 @@ class DynamicBatcher:
                     job.result.set_exception(error)
                 continue
             with self._condition:
-                self._batch_ended(background, self._clock() - began)
+                seconds = self._clock() - began
+                self._batch_ended(background, seconds)
                 self.batches_run += 1
                 if background:
                     self.background_texts_run += len(texts)
+                    self.background_seconds_run += seconds
                 else:
                     # Only live batches tell how many callers keep the model busy.
                     self._last_batch_jobs = len(batch)

@@ -1,6 +1,7 @@
 """The search's fast paths answer exactly as the general paths do: query vectors read from their packed
-form, query vectors checked all at once, a lone search run without queueing, and hits read from the
-hit_fields index (without vectors) or with ids bound as parameters (up to HIT_INLINE_ID_LIMIT)."""
+form, query vectors checked all at once, a lone vector query checked and normalized on its own, a lone
+search run without queueing, and hits read from the hit_fields index (without vectors) or with ids
+bound as parameters (up to HIT_INLINE_ID_LIMIT)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ from vecserve.v1 import index_pb2 as pb
 from service.api.index import float_values, query_from_message
 from service.errors import InvalidArgument
 from service.index import record
-from service.index.model import Document, Hit, Metric, Query
+from service.index.model import (
+    MAX_VECTOR_NORM,
+    Document,
+    Hit,
+    Metric,
+    Query,
+    check_vector,
+    normalize_rows,
+    plain_query_vector,
+)
 from service.index.search_batching import SearchCoalescer
 from service.index.store import IndexStore
 
@@ -107,6 +117,82 @@ def test_a_batch_of_vectors_checked_at_once_answers_like_single_queries(store: I
 def test_the_first_invalid_query_is_reported(store: IndexStore, queries: list[Query], field: str) -> None:
     with pytest.raises(InvalidArgument, match=field):
         store.search("cosine", queries, k=3)
+
+
+ODD_VECTORS = [
+    [],
+    [1.0] * (DIMENSION - 1),
+    [[1.0] * DIMENSION],
+    [0.0] * DIMENSION,
+    [1e-30] * DIMENSION,  # squares underflow float32, not float64
+    [1e-45] * DIMENSION,  # subnormal
+    [3.0e38] * DIMENSION,  # squares overflow float32, not float64
+    [1e39] + [1.0] * (DIMENSION - 1),  # beyond float32: infinite once converted
+    [float("nan")] + [1.0] * (DIMENSION - 1),
+    [float("-inf")] + [1.0] * (DIMENSION - 1),
+    [MAX_VECTOR_NORM / DIMENSION**0.5] * DIMENSION,  # at the limit of L2 and inner-product indexes
+    [2 * MAX_VECTOR_NORM] + [0.0] * (DIMENSION - 1),
+    ["a"] * DIMENSION,
+    [-0.0] * (DIMENSION - 1) + [2.5],
+]
+
+
+def checked_one_by_one(values: object, metric: Metric) -> np.ndarray | None:
+    """What check_vector and normalize_rows make of one vector, None where either refuses it."""
+    try:
+        vector = check_vector(values, DIMENSION, metric, "v")  # type: ignore[arg-type]
+        return normalize_rows(vector[None, :], ["v"]) if metric is Metric.COSINE else vector[None, :]
+    except (InvalidArgument, ValueError, TypeError):
+        return None
+
+
+@pytest.mark.parametrize("metric", list(Metric))
+@pytest.mark.parametrize(
+    "values",
+    [
+        *ODD_VECTORS,
+        *np.random.default_rng(12).standard_normal((20, DIMENSION)) * 10.0 ** np.arange(-9, 11)[:, None],
+    ],
+)
+def test_a_plain_query_vector_is_what_the_general_checks_make_of_it(values: object, metric: Metric) -> None:
+    """Bit for bit where it accepts a vector; where it does not, the general checks decide (and report)."""
+    plain = plain_query_vector(values, DIMENSION, metric)
+    general = checked_one_by_one(values, metric)
+    if plain is not None:
+        assert general is not None
+        assert plain.dtype == np.float32 and plain.shape == (1, DIMENSION)
+        assert np.array_equal(plain, general)
+    if general is None:
+        assert plain is None
+
+
+@pytest.mark.parametrize("name", ["cosine", "l2"])
+def test_a_lone_vector_query_answers_as_in_a_batch(store: IndexStore, name: str) -> None:
+    """A lone vector query takes the fast path; the same vector in a batch of two takes the general one."""
+    for vector in np.random.default_rng(13).standard_normal((5, DIMENSION)).astype(np.float32):
+        alone = store.search(name, [Query(vector=vector)], k=5)
+        in_batch = store.search(name, [Query(vector=vector), Query(document_id="d1")], k=5)
+        assert hit_fields(alone) == hit_fields(in_batch[:1])
+        listed = store.search(name, [Query(vector=vector.tolist())], k=5)  # a list, not an array
+        assert hit_fields(listed) == hit_fields(alone)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("values", ODD_VECTORS)
+def test_a_lone_odd_vector_is_answered_or_refused_as_in_a_batch(
+    store: IndexStore, metric: str, values: list
+) -> None:
+    """The same answer, or the same error, as the general path's for the vector first in a batch."""
+
+    def outcome(queries: list[Query]) -> tuple:
+        try:
+            return ("hits", hit_fields(store.search(metric, queries, k=5)[:1]))
+        except InvalidArgument as error:
+            return ("refused", str(error), error.field)
+        except (ValueError, TypeError) as error:  # values that are not numbers, in both paths alike
+            return ("failed", type(error), str(error))
+
+    assert outcome([Query(vector=values)]) == outcome([Query(vector=values), Query(document_id="d1")])
 
 
 def test_an_l2_vector_too_long_is_refused_as_one_by_one_checks_refuse_it(store: IndexStore) -> None:

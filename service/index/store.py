@@ -74,7 +74,6 @@ from service.index.kinds import check_params
 from service.index.model import (
     DEFAULT_KIND,
     MAX_DIMENSION,
-    MAX_VECTOR_NORM,
     NAME_PATTERN,
     Document,
     Hit,
@@ -88,8 +87,10 @@ from service.index.model import (
     check_count,
     check_name,
     check_text,
-    check_vector,
+    check_vectors_one_by_one,
+    checked_query_vectors,
     normalize_rows,
+    plain_query_vector,
     prepare_document,
 )
 from service.index.open_index import OpenIndex
@@ -117,33 +118,6 @@ def _stored_bytes(fields: StoredFields) -> int:
     metadata_bytes = sum(len(key) + len(str(value)) + 8 for key, value in metadata.items()) if metadata else 0
     vector_bytes = 4 * len(vector) if vector is not None else 0
     return len(document_id) + len(text) + metadata_bytes + vector_bytes + 16
-
-
-def _checked_query_vectors(spec: IndexSpec, queries: Sequence[Query], positions: list[int]) -> np.ndarray:
-    """The vectors of the queries at `positions` as one float32 matrix, checked as check_vector checks
-    each (a hundred checks one by one cost about as much as the search of a small index)."""
-    try:
-        matrix = np.asarray([queries[position].vector for position in positions], dtype=np.float32)
-    except (ValueError, TypeError):  # vectors of unequal lengths, or values that are not numbers
-        matrix = None
-    if (
-        matrix is None
-        or matrix.shape != (len(positions), spec.dimension)
-        or not np.isfinite(matrix).all()
-        # With a margin, so that rounding never lets through a vector check_vector would refuse.
-        or (
-            spec.metric is not Metric.COSINE
-            and np.linalg.norm(matrix.astype(np.float64), axis=1).max() > MAX_VECTOR_NORM * 0.999
-        )
-    ):
-        _check_vectors_one_by_one(spec, queries, positions)
-    return matrix  # type: ignore[return-value] - whenever it is None, the check above raised
-
-
-def _check_vectors_one_by_one(spec: IndexSpec, queries: Sequence[Query], positions: list[int]) -> None:
-    """Raises check_vector's error for the first invalid vector among the queries at `positions`."""
-    for position in positions:
-        check_vector(queries[position].vector, spec.dimension, spec.metric, f"queries[{position}].vector")
 
 
 def _check_answer_size(answer_bytes: int, limit: int) -> None:
@@ -393,38 +367,13 @@ class IndexStore:
             # Refused before any search work when the vectors alone would overflow the answer.
             hits_per_query = min(k, max(index.document_count - 1, 0))
             _check_answer_size(len(queries) * hits_per_query * 4 * spec.dimension, self.max_response_bytes)
-        query_vectors = np.zeros((len(queries), spec.dimension), dtype=np.float32)
-        texts: dict[int, str] = {}
-        by_document: dict[int, str] = {}
-        given_vectors: list[int] = []
-        try:
-            for position, query in enumerate(queries):
-                if query.vector is not None and query.text is None and query.document_id is None:
-                    given_vectors.append(position)  # checked below, all at once
-                    continue
-                where = f"queries[{position}]"
-                given = [query.text is not None, query.vector is not None, query.document_id is not None]
-                if sum(given) != 1:
-                    raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
-                if query.text is not None:
-                    check_unicode(query.text, f"{where}.text")
-                    check_text(query.text, f"{where}.text", True, self.max_text_characters)
-                    texts[position] = query.text
-                else:
-                    check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
-                    by_document[position] = query.document_id  # type: ignore[assignment]
-        except VecserveError:
-            # The first invalid query is the one reported, even when it is an earlier vector.
-            _check_vectors_one_by_one(spec, queries, given_vectors)
-            raise
-        if given_vectors:
-            query_vectors[given_vectors] = _checked_query_vectors(spec, queries, given_vectors)
-        if given_vectors and spec.metric is Metric.COSINE:  # all at once: per row, numpy's cost dominates
-            query_vectors[given_vectors] = normalize_rows(
-                query_vectors[given_vectors], [f"queries[{position}].vector" for position in given_vectors]
-            )
-        if texts:
-            query_vectors[list(texts)] = self._embed(spec, list(texts.values()), "queries")
+        # A lone vector query, the commonest call, is checked without the general path's matrix and loops.
+        plain = len(queries) == 1 and queries[0].text is None and queries[0].document_id is None
+        lone_vector = plain_query_vector(queries[0].vector, spec.dimension, spec.metric) if plain else None
+        if lone_vector is not None:
+            query_vectors, by_document = lone_vector, {}
+        else:
+            query_vectors, by_document = self._query_vectors(spec, queries)
         excluded: list[int | None] = [None] * len(queries)
         with index.lock.read():
             self._check_alive(index)
@@ -526,6 +475,43 @@ class IndexStore:
     def _check_alive(index: OpenIndex) -> None:
         if index.closed:
             raise NotFound(f"index {index.spec.name!r} does not exist")
+
+    def _query_vectors(self, spec: IndexSpec, queries: Sequence[Query]) -> tuple[np.ndarray, dict[int, str]]:
+        """The queries' vectors, checked (normalized for cosine, embedded from text), as one matrix whose
+        rows of document_id queries are filled in later; and those queries' document ids by position."""
+        query_vectors = np.zeros((len(queries), spec.dimension), dtype=np.float32)
+        texts: dict[int, str] = {}
+        by_document: dict[int, str] = {}
+        given_vectors: list[int] = []
+        try:
+            for position, query in enumerate(queries):
+                if query.vector is not None and query.text is None and query.document_id is None:
+                    given_vectors.append(position)  # checked below, all at once
+                    continue
+                where = f"queries[{position}]"
+                given = [query.text is not None, query.vector is not None, query.document_id is not None]
+                if sum(given) != 1:
+                    raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
+                if query.text is not None:
+                    check_unicode(query.text, f"{where}.text")
+                    check_text(query.text, f"{where}.text", True, self.max_text_characters)
+                    texts[position] = query.text
+                else:
+                    check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
+                    by_document[position] = query.document_id  # type: ignore[assignment]
+        except VecserveError:
+            # The first invalid query is the one reported, even when it is an earlier vector.
+            check_vectors_one_by_one(spec, queries, given_vectors)
+            raise
+        if given_vectors:
+            query_vectors[given_vectors] = checked_query_vectors(spec, queries, given_vectors)
+        if given_vectors and spec.metric is Metric.COSINE:  # all at once: per row, numpy's cost dominates
+            query_vectors[given_vectors] = normalize_rows(
+                query_vectors[given_vectors], [f"queries[{position}].vector" for position in given_vectors]
+            )
+        if texts:
+            query_vectors[list(texts)] = self._embed(spec, list(texts.values()), "queries")
+        return query_vectors, by_document
 
     def _fill_vectors(self, spec: IndexSpec, documents: list[PreparedDocument]) -> None:
         """Embeds the documents without vectors and normalizes every vector of a cosine index."""

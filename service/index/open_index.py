@@ -389,8 +389,7 @@ class OpenIndex:
             if params is None:
                 params = faiss.SearchParameters()
             params.sel = selector
-        with self._faiss_threads(len(queries)):
-            scores, labels = self.structure.search(queries, k, params=params)
+        scores, labels = self._faiss_search(queries, k, params)
         del excluded_selector  # kept alive until the search is done
         # tolist() converts the whole arrays to Python ints and floats at once, not one value at a time.
         return [
@@ -401,10 +400,12 @@ class OpenIndex:
     def _exact_search(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> Ranking:
         return exact_search(self.spec.metric, queries, self.record.vectors(candidates), candidates, k)
 
-    @contextlib.contextmanager
-    def _faiss_threads(self, queries: int) -> Iterator[None]:
-        """Runs FAISS in this thread (its OpenMP setting is per calling thread) with an even share of the
-        cores among the searches running now, and one thread per query at most (FAISS splits by query).
+    def _faiss_search(
+        self, queries: np.ndarray, k: int, params: faiss.SearchParameters | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The structure's scores and labels, FAISS run in this thread (its OpenMP setting is per calling
+        thread) with an even share of the cores among the searches running now, and one thread per
+        query at most (FAISS splits by query).
 
         A server's searches run side by side in many threads: an OpenMP team per call oversubscribes the
         cores and spins in sched_yield (32 concurrent one-query clients on 2 cores: 29 queries/s with a
@@ -412,11 +413,11 @@ class OpenIndex:
         one client's batch, gets every core: at 100 queries per call, 2.0x for HNSW and sq8 and 1.4x for
         exact search on 2 cores here.
         """
-        with self._search_threads.share(queries) as threads:
+        with self._search_threads.share(len(queries)) as threads:
             previous = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(threads)
             try:
-                yield
+                return self.structure.search(queries, k, params=params)
             finally:
                 faiss.omp_set_num_threads(previous)
 

@@ -119,3 +119,18 @@ def test_missing_peers_are_skipped_with_a_note(
     assert report.rows == []
     printed = capsys.readouterr().out
     assert all(f"{peer} is not installed: skipped" in printed for peer in peers_bench.PEERS)
+
+
+def test_batched_search_passes_again_until_its_time_is_up_and_keeps_the_first_pass_hits() -> None:
+    queries = np.arange(250, dtype=np.float32).reshape(250, 1)
+    calls: list[int] = []
+
+    def search_many(batch: np.ndarray) -> list[list[int]]:
+        calls.append(len(batch))
+        return [[int(row[0])] for row in batch]
+
+    rate, found = peers_bench.batched_search(search_many, queries, seconds=0.05)
+    assert found == [[row] for row in range(250)]  # one pass's hits, in query order
+    assert rate > 0 and calls[0] == peers_bench.QUERIES_PER_CALL  # the warm-up
+    passes, remainder = divmod(len(calls) - 1, 3)  # whole passes of 100, 100 and 50 queries
+    assert passes >= 1 and remainder == 0 and calls[1:4] == [100, 100, 50]

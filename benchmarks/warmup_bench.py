@@ -158,14 +158,18 @@ def alternating_rounds(report: Report) -> None:
     assert batcher is not None
     words = [WORD_TEMPLATE.format(word) for word in english_words(30_000)]
     background_on = threading.Event()
+    # Held by the background thread while it has a submission in the batcher.
+    submitting = threading.Lock()
     finished = threading.Event()
 
     def build_without_end() -> None:
         start = 0
         while not finished.is_set():
             background_on.wait()
-            encoder.encode(words[start : start + 512], background=True)
-            start = (start + 512) % (len(words) - 512)
+            with submitting:
+                if background_on.is_set():
+                    encoder.encode(words[start : start + 512], background=True)
+                    start = (start + 512) % (len(words) - 512)
 
     building = threading.Thread(target=build_without_end, name="background-words", daemon=True)
     building.start()
@@ -182,7 +186,8 @@ def alternating_rounds(report: Report) -> None:
                     background_on.set()
                 else:
                     background_on.clear()
-                    encoder.encode(texts[:BATCH])  # the last background submission drains meanwhile
+                    with submitting:  # the last background submission ends: these windows run without any
+                        pass
                 background_before = batcher.background_seconds_run
                 began, done, start = time.perf_counter(), 0, 0
                 while time.perf_counter() - began < window:

@@ -223,7 +223,10 @@ def check_name(name: str, field_name: str = "name") -> str:
 def check_vector(
     values: np.ndarray | Sequence[float], dimension: int, metric: Metric, field_name: str
 ) -> np.ndarray:
-    vector = np.asarray(values, dtype=np.float32)
+    try:
+        vector = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as error:  # strings, ragged nesting, objects
+        raise InvalidArgument(f"{field_name} must be a list of numbers ({error})", field=field_name) from None
     if vector.ndim != 1 or vector.shape[0] != dimension:
         raise InvalidArgument(
             f"{field_name} has {vector.size} values but the index has dimension {dimension}",

@@ -322,5 +322,7 @@ def test_a_fresh_server_builds_its_vocabulary_in_the_background_under_steady_emb
         assert encoder.batcher.background_texts_run - background_before == 600
         counted = value(scrape(running), "vecserve_encoder_background_texts_total")
         assert counted == encoder.batcher.background_texts_run
+        seconds = value(scrape(running), "vecserve_encoder_background_seconds_total")
+        assert seconds == pytest.approx(encoder.batcher.background_seconds_run) and seconds > 0
     finally:
         running.stop(5)

@@ -145,6 +145,12 @@ class _EncoderCollector(Collector):
                 "Texts the batcher's background lane ran (the vocabulary build), apart from live calls.",
                 value=batcher.background_texts_run,
             )
+            yield CounterMetricFamily(
+                "vecserve_encoder_background_seconds",
+                "Seconds of model time the background lane's batches took: over the wall time, the share "
+                "of the model background work had (see --background-share).",
+                value=batcher.background_seconds_run,
+            )
 
 
 def _stage_metrics(stages: StageClock) -> Iterator[CounterMetricFamily]:

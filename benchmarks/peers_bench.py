@@ -55,12 +55,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Report, gpu_available, machine_context, short_texts
+from benchmarks.common import Report, gpu_available, machine_context, median, short_texts
 from service.index.model import HnswParams, IvfParams, IvfPqParams, KindParams, Sq8Params
 
 DIMENSION = 384
@@ -96,6 +97,8 @@ MIN_VECTORS_FOR_MEMORY = 20_000
 # Settings of ef_search or nprobe tried per swept index, at most: IVF starts at nlist/8 and can need
 # six halvings before its recall drops below the target (nlist 4,096 at a million vectors).
 SWEEP_STEPS = 7
+# Alternating rounds of vecserve's and hnswlib's batched search at their chosen settings.
+HEAD_TO_HEAD_ROUNDS = 6
 # The analogy vocabulary a fresh data directory builds at start-up would compete with the searches.
 SERVER_ENV = {"VECSERVE_VOCABULARY_SIZE": "1"}
 CORPUS_SEED = 2024
@@ -362,6 +365,12 @@ def build_in_process(data_dir: Path, name: str, setup: Setup, vectors: np.ndarra
     return len(vectors) / (time.perf_counter() - began)
 
 
+@dataclass(frozen=True)
+class Served:
+    measure: Callable[..., Result]
+    batched_rate: Callable[..., float]
+
+
 class VecserveRunner:
     """Creates, loads and drops one index per setup on a server subprocess; measures it with any number
     of per-request search settings (ef_search, nprobe) without rebuilding it."""
@@ -415,9 +424,10 @@ class VecserveRunner:
                 server.stop()
 
     @contextlib.contextmanager
-    def serving(self, setup: Setup) -> Iterator[Callable[..., Result]]:
-        """Yields measure(label, **tuning): a Result of the loaded index searched with `tuning`
-        (ef_search or nprobe per request; none for the index's own settings)."""
+    def serving(self, setup: Setup) -> Iterator[Served]:
+        """Yields the loaded index's Served: measure(label, **tuning), a Result of it searched with
+        `tuning` (ef_search or nprobe per request; none for the index's own settings), and
+        batched_rate(**tuning), one round of batched search alone."""
         import shutil
 
         from clients import VecserveClient
@@ -443,10 +453,15 @@ class VecserveRunner:
                 assert info.document_count == count, (info.document_count, count)
                 trained = "" if not info.training_threshold or info.trained else ", not trained (exact)"
 
-                def measure_tuned(label: str, **tuning: int) -> Result:
+                def searcher(**tuning: int) -> SearchMany:
                     def search_many(queries: np.ndarray) -> list[list[int]]:
                         results = client.search(name, list(queries), k=K, **tuning)
                         return [[int(hit.id) for hit in hits] for hits in results]
+
+                    return search_many
+
+                def measure_tuned(label: str, **tuning: int) -> Result:
+                    search_many = searcher(**tuning)
 
                     def search_one(query: np.ndarray) -> list[int]:
                         return search_many(query[None, :])[0]
@@ -463,7 +478,10 @@ class VecserveRunner:
                     result.breadth = next(iter(tuning.values()), 0)
                     return result
 
-                yield measure_tuned
+                def batched_rate(**tuning: int) -> float:
+                    return batched_search(searcher(**tuning), self.dataset.queries, self.seconds)[0]
+
+                yield Served(measure_tuned, batched_rate)
                 if not self.in_process:
                     client.delete_index(name)
         finally:
@@ -510,9 +528,11 @@ def vecserve_results(
     seconds: float,
     first_ef: int,
     kinds: Sequence[str] = KINDS,
+    rival: HnswlibRival | None = None,
 ) -> list[Result]:
     """The given kinds; HNSW and IVF built once each and swept over ef_search and nprobe per request
-    (ivf_pq takes the largest nprobe ivf_flat was swept to, or nlist/8 without ivf_flat)."""
+    (ivf_pq takes the largest nprobe ivf_flat was swept to, or nlist/8 without ivf_flat). With a rival,
+    the fastest HNSW setting reaching the target recall then takes turns with it (head_to_head)."""
     count = len(dataset.vectors)
     lists = ivf_lists(count)
     results: list[Result] = []
@@ -526,32 +546,37 @@ def vecserve_results(
     ivf = IvfParams(nlist=lists)
     with VecserveRunner(dataset, scratch, seconds) as runner:
         if "flat" in kinds:
-            with runner.serving(Setup("flat", None, "flat")) as measure_tuned:
-                add(measure_tuned("flat"))
+            with runner.serving(Setup("flat", None, "flat")) as served:
+                add(served.measure("flat"))
         if "hnsw" in kinds:
-            with runner.serving(Setup("hnsw", hnsw, "hnsw")) as measure_tuned:
-                sweep(
-                    lambda ef: add(measure_tuned(f"hnsw M={HNSW_M} ef_search={ef}", ef_search=ef)),
-                    first_ef,
-                    lambda ef, reached: next_ef(ef, reached),
-                )
+            with runner.serving(Setup("hnsw", hnsw, "hnsw")) as served:
+                swept: list[Result] = []
+
+                def hnsw_at(ef: int) -> Result:
+                    swept.append(add(served.measure(f"hnsw M={HNSW_M} ef_search={ef}", ef_search=ef)))
+                    return swept[-1]
+
+                sweep(hnsw_at, first_ef, next_ef)
+                best = fastest(swept, batched=True)
+                if rival is not None and best is not None:
+                    head_to_head(report, dataset, served, best, rival, seconds)
         nprobes = [max(1, lists // 8)]
         if "ivf_flat" in kinds:
-            with runner.serving(Setup("ivf_flat", ivf, f"ivf_flat {lists}")) as measure_tuned:
+            with runner.serving(Setup("ivf_flat", ivf, f"ivf_flat {lists}")) as served:
 
                 def ivf_at(nprobe: int) -> Result:
                     nprobes.append(nprobe)
-                    return add(measure_tuned(f"ivf_flat {lists}/{nprobe}", nprobe=nprobe))
+                    return add(served.measure(f"ivf_flat {lists}/{nprobe}", nprobe=nprobe))
 
                 sweep(ivf_at, nprobes[0], next_nprobe(lists))
         if "ivf_pq" in kinds:
             pq_nprobe = max(nprobes)
             pq = IvfPqParams(nlist=lists, nprobe=pq_nprobe, m=DIMENSION // 8, nbits=8)
-            with runner.serving(Setup("ivf_pq", pq, "ivf_pq")) as measure_tuned:
-                add(measure_tuned(f"ivf_pq {lists}/{pq_nprobe} m={pq.m}"))
+            with runner.serving(Setup("ivf_pq", pq, "ivf_pq")) as served:
+                add(served.measure(f"ivf_pq {lists}/{pq_nprobe} m={pq.m}"))
         if "sq8" in kinds:
-            with runner.serving(Setup("sq8", Sq8Params(), "sq8")) as measure_tuned:
-                add(measure_tuned("sq8"))
+            with runner.serving(Setup("sq8", Sq8Params(), "sq8")) as served:
+                add(served.measure("sq8"))
         floor = runner.call_floor()
     report.add(
         f"peers {dataset.name}",
@@ -713,6 +738,77 @@ def hnswlib_results(data_path: str, scratch: str, seconds: float) -> list[Result
     return [result]
 
 
+def hnswlib_rival(data_path: str, ef: int, connection: Connection) -> None:
+    """hnswlib at `ef` in a process of its own: sends the recall once built, then the rate of one round
+    of batched search for each number of seconds it receives, until it receives None."""
+    import hnswlib
+
+    dataset = load_dataset_file(data_path)
+    count = len(dataset.vectors)
+    index = hnswlib.Index(space="ip", dim=DIMENSION)
+    index.init_index(max_elements=count, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M)
+    index.add_items(dataset.vectors, np.arange(count))
+    index.set_ef(ef)
+
+    def search_many(queries: np.ndarray) -> list[list[int]]:
+        return index.knn_query(queries, k=K)[0].tolist()
+
+    connection.send(recall(search_many_all(search_many, dataset.queries), dataset.truth))
+    while (seconds := connection.recv()) is not None:
+        connection.send(batched_search(search_many, dataset.queries, seconds)[0])
+
+
+class HnswlibRival:
+    """hnswlib kept loaded beside vecserve, so that their batched rounds take turns in one stretch of
+    the machine's load: measured minutes apart, hnswlib's batched rate swung 27-fold with the load of a
+    shared 2-core machine, which no ratio of separate runs survives."""
+
+    def __init__(self, data_path: Path, ef: int) -> None:
+        self.ef = ef
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=hnswlib_rival, args=(str(data_path), ef, child), daemon=True)
+        self._process.start()
+        child.close()
+        # Built before vecserve's own work begins, which its building would otherwise slow.
+        self.recall: float = self._connection.recv()
+
+    def batched_rate(self, seconds: float) -> float:
+        self._connection.send(seconds)
+        return self._connection.recv()
+
+    def close(self) -> None:
+        self._connection.send(None)
+        self._process.join()
+
+
+def head_to_head(
+    report: Report,
+    dataset: Dataset,
+    served: Served,
+    best: Result,
+    rival: HnswlibRival,
+    seconds: float,
+) -> None:
+    """vecserve's fastest HNSW setting reaching the target recall and hnswlib's, in alternating rounds of
+    batched search (vecserve first in even rounds, hnswlib in odd ones); the median of the rounds' ratios."""
+    ratios = []
+    for round_number in range(HEAD_TO_HEAD_ROUNDS):
+        if round_number % 2:
+            theirs, mine = rival.batched_rate(seconds), served.batched_rate(ef_search=best.breadth)
+        else:
+            mine, theirs = served.batched_rate(ef_search=best.breadth), rival.batched_rate(seconds)
+        ratios.append(mine / theirs)
+    report.add(
+        f"peers {dataset.name}",
+        f"vecserve / hnswlib, {QUERIES_PER_CALL} queries/call, {HEAD_TO_HEAD_ROUNDS} interleaved rounds",
+        median(ratios),
+        "ratio",
+        f"{best.system.removeprefix('vecserve ')} (recall {best.recall:.3f}) against ef={rival.ef} (recall "
+        f"{rival.recall:.3f}); rounds {', '.join(f'{ratio:.2f}' for ratio in ratios)}; aim >= 0.7",
+    )
+
+
 def search_many_all(search_many: SearchMany, queries: np.ndarray) -> list[Sequence[int]]:
     found: list[Sequence[int]] = []
     for start in range(0, len(queries), QUERIES_PER_CALL):
@@ -727,13 +823,23 @@ PEER_RUNNERS: dict[str, Callable[[str, str, float], list[Result]]] = {
 }
 
 
-def peer_results(
-    report: Report, dataset: Dataset, scratch: Path, seconds: float, peers: Sequence[str] = tuple(PEERS)
-) -> dict[str, list[Result]]:
+def save_dataset(dataset: Dataset, scratch: Path) -> Path:
+    """The data set in a file the peers' processes load (load_dataset_file)."""
     data_path = scratch / f"{dataset.name}.npz"
     np.savez(
         data_path, name=dataset.name, vectors=dataset.vectors, queries=dataset.queries, truth=dataset.truth
     )
+    return data_path
+
+
+def peer_results(
+    report: Report,
+    dataset: Dataset,
+    data_path: Path,
+    scratch: Path,
+    seconds: float,
+    peers: Sequence[str] = tuple(PEERS),
+) -> dict[str, list[Result]]:
     results: dict[str, list[Result]] = {}
     for peer, module in PEERS.items():
         if peer not in peers:
@@ -754,7 +860,6 @@ def peer_results(
             results[peer] = pool.submit(PEER_RUNNERS[peer], str(data_path), str(workdir), seconds).result()
         for result in results[peer]:
             report_result(report, dataset, result)
-    data_path.unlink()
     return results
 
 
@@ -911,10 +1016,17 @@ def run(
             )
             workdir = scratch / dataset.name
             workdir.mkdir()
-            theirs = peer_results(report, dataset, workdir, seconds, peers)
+            data_path = save_dataset(dataset, workdir)
+            theirs = peer_results(report, dataset, data_path, workdir, seconds, peers)
             # hnswlib's graph (same M and ef_construction) needs about the same ef as FAISS's: start there.
             first_ef = theirs["hnswlib"][0].breadth if "hnswlib" in theirs else FIRST_EF_SEARCH
-            ours = vecserve_results(report, dataset, workdir, seconds, first_ef, kinds)
+            rival = HnswlibRival(data_path, first_ef) if "hnswlib" in theirs and "hnsw" in kinds else None
+            try:
+                ours = vecserve_results(report, dataset, workdir, seconds, first_ef, kinds, rival)
+            finally:
+                if rival is not None:
+                    rival.close()
+            data_path.unlink()
             report_ratios(report, dataset, ours, theirs)
         if bulk:
             bulk_indexing(report, report.pick(tiny=200, quick=2_000, full=10_000), scratch)

@@ -115,7 +115,8 @@ def test_missing_peers_are_skipped_with_a_note(
     vectors = peers_bench.random_unit_vectors(100, seed=1)
     dataset = peers_bench.make_dataset("toy", vectors, vectors[:5], "")
     report = Report(size="tiny")
-    assert peers_bench.peer_results(report, dataset, tmp_path, seconds=0.1) == {}
+    data_path = peers_bench.save_dataset(dataset, tmp_path)
+    assert peers_bench.peer_results(report, dataset, data_path, tmp_path, seconds=0.1) == {}
     assert report.rows == []
     printed = capsys.readouterr().out
     assert all(f"{peer} is not installed: skipped" in printed for peer in peers_bench.PEERS)

@@ -33,7 +33,9 @@ Systems:
 Each peer runs in a process of its own, so that its memory can be measured (growth of the resident set
 while it loads) and its threads end with it. A peer that is not installed is skipped with a note
 (pip install 'vecserve[bench]'). Key ratios: the fastest vecserve setup reaching recall 0.95 over
-the fastest setup of each peer reaching it.
+the fastest setup of each peer reaching it; and for HNSW against hnswlib, the two at those settings in
+alternating rounds of batched search (hnswlib kept loaded meanwhile), which separate runs minutes apart
+on a shared machine cannot replace.
 
 Bulk indexing: documents/s of `vecserve add` (CLI process, JSONL of short texts, the server embedding
 them) vs in-process SentenceTransformer.encode of the same texts.

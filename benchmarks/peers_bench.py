@@ -740,9 +740,10 @@ def hnswlib_results(data_path: str, scratch: str, seconds: float) -> list[Result
     return [result]
 
 
-def hnswlib_rival(data_path: str, ef: int, connection: Connection) -> None:
-    """hnswlib at `ef` in a process of its own: sends the recall once built, then the rate of one round
-    of batched search for each number of seconds it receives, until it receives None."""
+def hnswlib_rival(data_path: str, connection: Connection) -> None:
+    """hnswlib in a process of its own: once built, sends the smallest ef reaching the target recall
+    (its graph is built anew, and random levels move its recall) with that recall, then the rate of one
+    round of batched search for each number of seconds it receives, until it receives None."""
     import hnswlib
 
     dataset = load_dataset_file(data_path)
@@ -750,12 +751,16 @@ def hnswlib_rival(data_path: str, ef: int, connection: Connection) -> None:
     index = hnswlib.Index(space="ip", dim=DIMENSION)
     index.init_index(max_elements=count, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M)
     index.add_items(dataset.vectors, np.arange(count))
-    index.set_ef(ef)
 
     def search_many(queries: np.ndarray) -> list[list[int]]:
         return index.knn_query(queries, k=K)[0].tolist()
 
-    connection.send(recall(search_many_all(search_many, dataset.queries), dataset.truth))
+    for ef in EF_STEPS:
+        index.set_ef(ef)
+        reached = recall(search_many_all(search_many, dataset.queries), dataset.truth)
+        if reached >= TARGET_RECALL:
+            break
+    connection.send((ef, reached))
     while (seconds := connection.recv()) is not None:
         connection.send(batched_search(search_many, dataset.queries, seconds)[0])
 
@@ -765,15 +770,14 @@ class HnswlibRival:
     the machine's load: measured minutes apart, hnswlib's batched rate swung 27-fold with the load of a
     shared 2-core machine, which no ratio of separate runs survives."""
 
-    def __init__(self, data_path: Path, ef: int) -> None:
-        self.ef = ef
+    def __init__(self, data_path: Path) -> None:
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
-        self._process = context.Process(target=hnswlib_rival, args=(str(data_path), ef, child), daemon=True)
+        self._process = context.Process(target=hnswlib_rival, args=(str(data_path), child), daemon=True)
         self._process.start()
         child.close()
         # Built before vecserve's own work begins, which its building would otherwise slow.
-        self.recall: float = self._connection.recv()
+        self.ef, self.recall = self._connection.recv()
 
     def batched_rate(self, seconds: float) -> float:
         self._connection.send(seconds)
@@ -1022,7 +1026,7 @@ def run(
             theirs = peer_results(report, dataset, data_path, workdir, seconds, peers)
             # hnswlib's graph (same M and ef_construction) needs about the same ef as FAISS's: start there.
             first_ef = theirs["hnswlib"][0].breadth if "hnswlib" in theirs else FIRST_EF_SEARCH
-            rival = HnswlibRival(data_path, first_ef) if "hnswlib" in theirs and "hnsw" in kinds else None
+            rival = HnswlibRival(data_path) if "hnswlib" in theirs and "hnsw" in kinds else None
             try:
                 ours = vecserve_results(report, dataset, workdir, seconds, first_ef, kinds, rival)
             finally:

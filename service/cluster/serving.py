@@ -33,6 +33,7 @@ from service.cluster.manifest import ClusterManifest, open_manifest
 from service.cluster.remote import Outcome, RemoteEncoder, ServeShard, outcome_of
 from service.cluster.routing import shard_name
 from service.cluster.sharded_store import ShardedStore
+from service.common.threads import run_in_own_thread
 from service.config import Settings
 from service.core import build_core
 from service.embedding.encoder import Encoder
@@ -102,26 +103,6 @@ class ClusterSettings:
     @property
     def cpus_needed(self) -> float:
         return max(self.encoder_replicas, self.max_encoder_replicas) * self.cpus_per_encoder
-
-
-def _in_thread(run: Callable[[], Any]) -> Any:
-    """Runs `run` in a thread of its own and returns its value: Serve refuses blocking handle calls on
-    the event loop that runs a replica's constructor."""
-    result: list[Any] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(run())
-        except BaseException as error:
-            failure.append(error)
-
-    thread = threading.Thread(target=target, name="start-up")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 class EncoderReplica:
@@ -229,7 +210,8 @@ class Ingress:
             return running
 
         self._grace = settings.shutdown_grace_seconds
-        self._running: RunningServer = _in_thread(start)
+        # Serve refuses blocking handle calls on the event loop that runs a replica's constructor.
+        self._running: RunningServer = run_in_own_thread(start, "start-up")
 
     def port(self) -> int:
         return self._running.port

@@ -13,6 +13,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from service.common.threads import run_in_own_thread
+
 T = TypeVar("T")
 
 # How much nicer than the serving threads a build runs: its CPU weight is about a tenth of theirs
@@ -65,22 +67,12 @@ def run_at_low_priority(work: Callable[[], T]) -> T:
     """
     if sys.platform != "linux":
         return work()
-    outcome: list[T] = []
-    errors: list[BaseException] = []
 
-    def run() -> None:
-        try:
-            _lower_priority()
-            outcome.append(work())
-        except BaseException as error:
-            errors.append(error)
+    def niced() -> T:
+        _lower_priority()
+        return work()
 
-    worker = threading.Thread(target=run, name="index-background-write")
-    worker.start()
-    worker.join()
-    if errors:
-        raise errors[0]
-    return outcome[0]
+    return run_in_own_thread(niced, "index-background-write")
 
 
 class BuildQueue:

@@ -289,6 +289,19 @@ def test_input_errors_name_the_request_fields_and_store_nothing(tmp_path: Path, 
                 with pytest.raises(InvalidArgument) as raised:
                     target.search("items", [bad_query])
                 assert raised.value.field == field
+        # Both stores check queries with the same code: the first invalid query is the one named.
+        good = Query(vector=np.ones(DIMENSION, dtype=np.float32))
+        zero = Query(vector=np.zeros(DIMENSION, dtype=np.float32))
+        for several, field in [
+            ([good, Query(vector=["a"] * DIMENSION), Query(text="")], "queries[1].vector"),  # type: ignore[list-item]
+            ([good, Query(text=""), Query(vector=np.ones(2, dtype=np.float32))], "queries[1].text"),
+            ([good, Query(text="fine"), zero], "queries[2].vector"),
+            ([good, Query(text="x", document_id="y")], "queries[1]"),
+        ]:
+            for target in (flat, store):
+                with pytest.raises(InvalidArgument) as raised:
+                    target.search("items", several)
+                assert raised.value.field == field, (target, field)
         with pytest.raises(NotFound, match=r"queries\[0\]\.document_id"):
             store.search("items", [Query(document_id="absent")])
         with pytest.raises(NotFound, match="index 'nothing' does not exist"):

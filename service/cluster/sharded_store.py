@@ -44,10 +44,9 @@ from service.index.model import (
     Metric,
     Query,
     check_count,
-    check_text,
-    check_vector,
     normalize_rows,
     prepare_document,
+    sort_queries,
 )
 from service.index.search_batching import SearchCoalescer
 from service.index.store import IndexStore
@@ -367,30 +366,14 @@ class ShardedStore:
         k = check_k(k)
         check_count(len(queries), self.max_queries_per_request, "queries")
         spec = self._spec(name)
-        rows = np.zeros((len(queries), spec.dimension), dtype=np.float32)
-        texts: dict[int, str] = {}
-        by_document: dict[int, str] = {}
-        given_vectors: list[int] = []
-        for position, query in enumerate(queries):
-            where = f"queries[{position}]"
-            given = [query.text is not None, query.vector is not None, query.document_id is not None]
-            if sum(given) != 1:
-                raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
-            if query.text is not None:
-                check_unicode(query.text, f"{where}.text")
-                check_text(query.text, f"{where}.text", True, self.max_text_characters)
-                texts[position] = query.text
-            elif query.vector is not None:
-                rows[position] = check_vector(query.vector, spec.dimension, spec.metric, f"{where}.vector")
-                given_vectors.append(position)
-            else:
-                check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
-                by_document[position] = query.document_id  # type: ignore[assignment]
-        if given_vectors and spec.metric is Metric.COSINE:
+        checked = sort_queries(spec, queries, self.max_text_characters)
+        rows, by_document = checked.vectors, checked.by_document
+        if checked.given_vectors and spec.metric is Metric.COSINE:
             # The shards normalize; this only refuses zero vectors, naming the query.
-            normalize_rows(rows[given_vectors], [f"queries[{position}].vector" for position in given_vectors])
-        if texts:
-            rows[list(texts)] = self._embed(spec, list(texts.values()), "queries")
+            positions = checked.given_vectors
+            normalize_rows(rows[positions], [f"queries[{position}].vector" for position in positions])
+        if checked.texts:
+            rows[list(checked.texts)] = self._embed(spec, list(checked.texts.values()), "queries")
         for position, vector in self._document_vectors(name, by_document).items():
             rows[position] = vector
         excluded = [by_document.get(position) for position in range(len(queries))]

@@ -299,6 +299,47 @@ def check_vectors_one_by_one(spec: IndexSpec, queries: Sequence[Query], position
         check_vector(queries[position].vector, spec.dimension, spec.metric, f"queries[{position}].vector")
 
 
+@dataclass(slots=True)
+class SortedQueries:
+    """A request's queries, checked and sorted by what each searches with."""
+
+    vectors: np.ndarray  # one float32 row per query: given vectors as sent (not normalized), others zero
+    given_vectors: list[int]  # positions of the queries by vector
+    texts: dict[int, str]  # position -> text to embed
+    by_document: dict[int, str]  # position -> id of the document whose vector to search with
+
+
+def sort_queries(spec: IndexSpec, queries: Sequence[Query], max_text_characters: int) -> SortedQueries:
+    """Checks every query (exactly one input each, texts and ids valid, vectors as check_vector checks
+    them); the first invalid query is the one reported, even when it is a vector."""
+    texts: dict[int, str] = {}
+    by_document: dict[int, str] = {}
+    given_vectors: list[int] = []
+    try:
+        for position, query in enumerate(queries):
+            if query.vector is not None and query.text is None and query.document_id is None:
+                given_vectors.append(position)  # checked below, all at once
+                continue
+            where = f"queries[{position}]"
+            given = [query.text is not None, query.vector is not None, query.document_id is not None]
+            if sum(given) != 1:
+                raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
+            if query.text is not None:
+                check_unicode(query.text, f"{where}.text")
+                check_text(query.text, f"{where}.text", True, max_text_characters)
+                texts[position] = query.text
+            else:
+                check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
+                by_document[position] = query.document_id  # type: ignore[assignment]
+    except InvalidArgument:
+        check_vectors_one_by_one(spec, queries, given_vectors)
+        raise
+    vectors = np.zeros((len(queries), spec.dimension), dtype=np.float32)
+    if given_vectors:
+        vectors[given_vectors] = checked_query_vectors(spec, queries, given_vectors)
+    return SortedQueries(vectors, given_vectors, texts, by_document)
+
+
 def normalize_rows(vectors: np.ndarray, field_names: Sequence[str]) -> np.ndarray:
     # In float64, a float32 vector's squared length neither overflows (3e38) nor underflows (1e-30).
     wide = vectors.astype(np.float64)

@@ -66,7 +66,6 @@ from service.errors import (
     InvalidArgument,
     NotFound,
     TooLarge,
-    VecserveError,
 )
 from service.index.builds import BuildQueue
 from service.index.filters import Condition
@@ -86,12 +85,10 @@ from service.index.model import (
     Query,
     check_count,
     check_name,
-    check_text,
-    check_vectors_one_by_one,
-    checked_query_vectors,
     normalize_rows,
     plain_query_vector,
     prepare_document,
+    sort_queries,
 )
 from service.index.open_index import OpenIndex
 from service.index.record import DATABASE_FILE, StoredFields, create_record, read_spec_json
@@ -479,39 +476,15 @@ class IndexStore:
     def _query_vectors(self, spec: IndexSpec, queries: Sequence[Query]) -> tuple[np.ndarray, dict[int, str]]:
         """The queries' vectors, checked (normalized for cosine, embedded from text), as one matrix whose
         rows of document_id queries are filled in later; and those queries' document ids by position."""
-        query_vectors = np.zeros((len(queries), spec.dimension), dtype=np.float32)
-        texts: dict[int, str] = {}
-        by_document: dict[int, str] = {}
-        given_vectors: list[int] = []
-        try:
-            for position, query in enumerate(queries):
-                if query.vector is not None and query.text is None and query.document_id is None:
-                    given_vectors.append(position)  # checked below, all at once
-                    continue
-                where = f"queries[{position}]"
-                given = [query.text is not None, query.vector is not None, query.document_id is not None]
-                if sum(given) != 1:
-                    raise InvalidArgument(f"{where} needs exactly one of text, vector or document_id", where)
-                if query.text is not None:
-                    check_unicode(query.text, f"{where}.text")
-                    check_text(query.text, f"{where}.text", True, self.max_text_characters)
-                    texts[position] = query.text
-                else:
-                    check_unicode(query.document_id, f"{where}.document_id")  # type: ignore[arg-type]
-                    by_document[position] = query.document_id  # type: ignore[assignment]
-        except VecserveError:
-            # The first invalid query is the one reported, even when it is an earlier vector.
-            check_vectors_one_by_one(spec, queries, given_vectors)
-            raise
-        if given_vectors:
-            query_vectors[given_vectors] = checked_query_vectors(spec, queries, given_vectors)
-        if given_vectors and spec.metric is Metric.COSINE:  # all at once: per row, numpy's cost dominates
-            query_vectors[given_vectors] = normalize_rows(
-                query_vectors[given_vectors], [f"queries[{position}].vector" for position in given_vectors]
+        checked = sort_queries(spec, queries, self.max_text_characters)
+        query_vectors, positions = checked.vectors, checked.given_vectors
+        if positions and spec.metric is Metric.COSINE:  # all at once: per row, numpy's cost dominates
+            query_vectors[positions] = normalize_rows(
+                query_vectors[positions], [f"queries[{position}].vector" for position in positions]
             )
-        if texts:
-            query_vectors[list(texts)] = self._embed(spec, list(texts.values()), "queries")
-        return query_vectors, by_document
+        if checked.texts:
+            query_vectors[list(checked.texts)] = self._embed(spec, list(checked.texts.values()), "queries")
+        return query_vectors, checked.by_document
 
     def _fill_vectors(self, spec: IndexSpec, documents: list[PreparedDocument]) -> None:
         """Embeds the documents without vectors and normalizes every vector of a cosine index."""

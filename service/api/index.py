@@ -346,5 +346,6 @@ class IndexCalls:
             include_vectors=request.include_vectors,
             ef_search=request.ef_search if request.HasField("ef_search") else None,
             nprobe=request.nprobe if request.HasField("nprobe") else None,
+            ids_only=request.ids_only,
         )
         return search_response(results)

@@ -49,7 +49,7 @@ from service.index.model import (
     sort_queries,
 )
 from service.index.search_batching import SearchCoalescer
-from service.index.store import IndexStore
+from service.index.store import IndexStore, check_ids_only
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +355,7 @@ class ShardedStore:
         include_vectors: bool = False,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        ids_only: bool = False,
     ) -> list[list[Hit]]:
         """The k closest documents passing every condition, per query, best first, over all shards.
 
@@ -364,6 +365,7 @@ class ShardedStore:
         call per shard (search batching) without one caller's mistake failing the others.
         """
         k = check_k(k)
+        check_ids_only(ids_only, include_vectors)
         check_count(len(queries), self.max_queries_per_request, "queries")
         spec = self._spec(name)
         checked = sort_queries(spec, queries, self.max_text_characters)
@@ -380,13 +382,22 @@ class ShardedStore:
 
         def fan_out(batch: np.ndarray, batch_excluded: list[str | None]) -> list[list[Hit]]:
             return self._fan_out(
-                name, spec.metric, batch, batch_excluded, k, conditions, include_vectors, ef_search, nprobe
+                name,
+                spec.metric,
+                batch,
+                batch_excluded,
+                k,
+                conditions,
+                include_vectors,
+                ef_search,
+                nprobe,
+                ids_only,
             )
 
         if self._coalescer is None or include_vectors:
             # Answers with vectors are sized per request: batched, they could pass the size limit.
             return fan_out(rows, excluded)
-        key = (name, k, repr(conditions), ef_search, nprobe)
+        key = (name, k, repr(conditions), ef_search, nprobe, ids_only)
         try:
             return self._coalescer.search(key, rows, excluded, fan_out)  # type: ignore[arg-type]
         except TooLarge:
@@ -403,6 +414,7 @@ class ShardedStore:
         include_vectors: bool,
         ef_search: int | None,
         nprobe: int | None,
+        ids_only: bool,
     ) -> list[list[Hit]]:
         """One search call per shard, all at once, and the merge. A row searching with a document's
         vector goes to the shard holding it as that document's id, so that it leaves it out."""
@@ -415,7 +427,7 @@ class ShardedStore:
                 for row, document_id in zip(rows, excluded, strict=True)
             ]
 
-        settings = (k, conditions, include_vectors, ef_search, nprobe)
+        settings = (k, conditions, include_vectors, ef_search, nprobe, ids_only)
         answers = self._forgetting_on_not_found(
             name,
             lambda: self._values(

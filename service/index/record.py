@@ -237,6 +237,22 @@ class Record:
             for row in rows
         }
 
+    def document_ids_by_faiss_id(self, faiss_ids: Sequence[int]) -> dict[int, str]:
+        """The document ids of these FAISS ids (missing ones left out), from the hit_fields index alone:
+        for hits of ids and scores only, nothing else is decoded."""
+        source = "documents INDEXED BY hit_fields"
+        if len(faiss_ids) <= HIT_INLINE_ID_LIMIT:
+            rows = self._reader().execute(
+                f"SELECT faiss_id, doc_id FROM {source} WHERE faiss_id IN ({','.join('?' * len(faiss_ids))})",
+                list(faiss_ids),
+            )
+        else:
+            rows = self._reader().execute(
+                f"SELECT faiss_id, doc_id FROM {source} WHERE faiss_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(faiss_ids)),),
+            )
+        return dict(rows.fetchall())
+
     def document(self, document_id: str) -> Document | None:
         row = (
             self._reader()

@@ -68,6 +68,7 @@ from service.errors import (
     TooLarge,
 )
 from service.index.builds import BuildQueue
+from service.index.exact import Ranking
 from service.index.filters import Condition
 from service.index.kinds import check_params
 from service.index.model import (
@@ -115,6 +116,15 @@ def _stored_bytes(fields: StoredFields) -> int:
     metadata_bytes = sum(len(key) + len(str(value)) + 8 for key, value in metadata.items()) if metadata else 0
     vector_bytes = 4 * len(vector) if vector is not None else 0
     return len(document_id) + len(text) + metadata_bytes + vector_bytes + 16
+
+
+def check_ids_only(ids_only: bool, include_vectors: bool) -> None:
+    """ids_only answers ids and scores alone, so asking for the vectors as well is a contradiction."""
+    if ids_only and include_vectors:
+        raise InvalidArgument(
+            "ids_only and include_vectors cannot both be set: ids_only answers ids and scores alone",
+            "ids_only",
+        )
 
 
 def _check_answer_size(answer_bytes: int, limit: int) -> None:
@@ -349,15 +359,18 @@ class IndexStore:
         include_vectors: bool = False,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        ids_only: bool = False,
     ) -> list[list[Hit]]:
         """The k closest documents passing every condition, per query, best first.
 
         ef_search (hnsw) and nprobe (ivf_flat, ivf_pq) override the index's setting for this call;
-        InvalidArgument when out of range or when the index's kind has no such setting.
+        InvalidArgument when out of range or when the index's kind has no such setting. With ids_only,
+        hits carry ids and scores alone (empty text and metadata): only the ids are looked up.
         """
         index = self._get(name)
         spec = index.spec
         k = check_k(k)
+        check_ids_only(ids_only, include_vectors)
         tuning = index.strategy.check_search_settings(ef_search, nprobe)
         check_count(len(queries), self.max_queries_per_request, "queries")
         if include_vectors and not conditions:
@@ -390,9 +403,13 @@ class IndexStore:
                     excluded,
                     lambda batch, batch_excluded: index.search(batch, k, conditions, batch_excluded, tuning),
                 )
-            documents = index.record.documents_by_faiss_id(
-                sorted({faiss_id for hits in ranked for faiss_id, _ in hits}), include_vectors
-            )
+            found_ids = sorted({faiss_id for hits in ranked for faiss_id, _ in hits})
+            if ids_only:
+                document_ids = index.record.document_ids_by_faiss_id(found_ids)
+            else:
+                documents = index.record.documents_by_faiss_id(found_ids, include_vectors)
+        if ids_only:
+            return self._id_hits(ranked, document_ids)
         # A document's size is computed once, however many queries it answers (many queries and a
         # large k can repeat the same long texts); the answer's total is summed as the hits are made.
         sizes = {faiss_id: _stored_bytes(fields) for faiss_id, fields in documents.items()}
@@ -406,6 +423,14 @@ class IndexStore:
                 query_hits.append(Hit(document_id, score, text, metadata, vector))
             results.append(query_hits)
         _check_answer_size(answer_bytes, self.max_response_bytes)
+        return results
+
+    def _id_hits(self, ranked: Ranking, document_ids: dict[int, str]) -> list[list[Hit]]:
+        """Hits of ids and scores alone; each is about its id and 16 bytes as serialized."""
+        results = [
+            [Hit(document_ids[faiss_id], score, "", {}) for faiss_id, score in hits] for hits in ranked
+        ]
+        _check_answer_size(sum(len(hit.id) + 16 for hits in results for hit in hits), self.max_response_bytes)
         return results
 
     def generation(self, name: str) -> tuple[int, int]:

@@ -299,7 +299,7 @@ class Filter(_message.Message):
     def __init__(self, conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("index_name", "queries", "k", "filter", "include_vectors", "ef_search", "nprobe")
+    __slots__ = ("index_name", "queries", "k", "filter", "include_vectors", "ef_search", "nprobe", "ids_only")
     INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +307,7 @@ class SearchRequest(_message.Message):
     INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     index_name: str
     queries: _containers.RepeatedCompositeFieldContainer[Query]
     k: int
@@ -314,7 +315,8 @@ class SearchRequest(_message.Message):
     include_vectors: bool
     ef_search: int
     nprobe: int
-    def __init__(self, index_name: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., include_vectors: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
+    ids_only: bool
+    def __init__(self, index_name: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., include_vectors: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., ids_only: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("id", "score", "text", "metadata", "vector")

@@ -111,6 +111,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     search.add_argument("--vectors", action="store_true", help="include hit vectors (with --json)")
     search.add_argument(
+        "--ids-only", action="store_true", help="hits with ids and scores alone, no text or metadata"
+    )
+    search.add_argument(
         "--ef-search",
         type=int,
         metavar="N",
@@ -421,13 +424,11 @@ def parse_filter(expressions: list[str]) -> index_pb2.Filter:
     return index_pb2.Filter(conditions=conditions)
 
 
-def _hit_fields(hit: index_pb2.SearchHit, with_vector: bool) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "id": hit.id,
-        "score": round(hit.score, 6),
-        "text": hit.text,
-        "metadata": {key: python_value(value) for key, value in hit.metadata.items()},
-    }
+def _hit_fields(hit: index_pb2.SearchHit, with_vector: bool, ids_only: bool = False) -> dict[str, Any]:
+    fields: dict[str, Any] = {"id": hit.id, "score": round(hit.score, 6)}
+    if not ids_only:
+        fields["text"] = hit.text
+        fields["metadata"] = {key: python_value(value) for key, value in hit.metadata.items()}
     if with_vector:
         fields["vector"] = list(hit.vector)
     return fields
@@ -467,11 +468,12 @@ def run_search(args: argparse.Namespace) -> int:
             include_vectors=args.vectors,
             ef_search=args.ef_search,
             nprobe=args.nprobe,
+            ids_only=args.ids_only,
         )
     if args.json:
         print_json(
             [
-                {"query": label, "hits": [_hit_fields(hit, args.vectors) for hit in hits]}
+                {"query": label, "hits": [_hit_fields(hit, args.vectors, args.ids_only) for hit in hits]}
                 for label, hits in zip(labels, results, strict=True)
             ]
         )

@@ -26,6 +26,7 @@ from service.config import Settings, settings_from_env
 from service.embedding.encoder import Encoder
 from service.errors import InvalidSettings
 from service.grpc_server.server import RunningServer, create_server
+from service.observability.access_log import flush_access_log
 from tests.rpcs import Rpc, all_rpcs, call, outcome, served_services
 
 READ_TOKEN = "read-" + secrets.token_urlsafe(24)
@@ -265,6 +266,7 @@ def test_tokens_never_reach_the_log(auth_server: RunningServer, caplog: pytest.L
         for token in (WRONG_TOKEN, READ_TOKEN, WRITE_TOKEN):
             with VecserveClient(address, token=token) as client, contextlib.suppress(grpc.RpcError):
                 client.create_index(f"log-{uuid.uuid4().hex[:8]}")
+        flush_access_log()
     assert caplog.records, "the calls were logged"
     text = "\n".join(f"{record.getMessage()} {vars(record)}" for record in caplog.records)
     for token in (WRONG_TOKEN, READ_TOKEN, WRITE_TOKEN):

@@ -18,6 +18,7 @@ from service.config import default_model_path
 from service.embedding.batching import BatchingSettings, DynamicBatcher
 from service.embedding.encoder import Encoder
 from service.errors import Cancelled
+from service.observability.access_log import flush_access_log
 from tests.waiting import wait_until
 
 SETTINGS = BatchingSettings(max_batch_tokens=1000, max_wait_seconds=0.0, max_queued_texts=100)
@@ -104,6 +105,7 @@ def test_a_cancelled_upload_stream_stops_and_logs_no_error(
         return client.get_index("cancelled-stream").document_count
 
     def upload_access_records() -> list[logging.LogRecord]:
+        flush_access_log()
         return [
             r
             for r in caplog.records

@@ -23,6 +23,7 @@ from vecserve.v1 import embedding_pb2, index_pb2
 from service.grpc_server.server import RunningServer
 from service.http_server.calls import ConnectService
 from service.index.store import IndexStore
+from service.observability.access_log import flush_access_log
 from service.observability.calls import REQUEST_ID_HEADER
 from service.observability.logs import REQUEST_ID
 from tests.test_http_api import enveloped, http_server, post
@@ -67,6 +68,7 @@ def test_the_client_request_id_is_sent_back_and_logged(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="vecserve.access"):
         response = post(base_url, "EmbeddingService/GetModelInfo", b"{}", **{REQUEST_ID_HEADER: "web-7.a:b"})
+        flush_access_log()
     assert response.status_code == 200
     assert response.headers[REQUEST_ID_HEADER] == "web-7.a:b"
     (record,) = access_records(caplog, "web-7.a:b")
@@ -92,6 +94,7 @@ def test_refused_and_failed_calls_carry_their_request_id_and_grpc_code_name(
         oversized = post(
             base_url, "EmbeddingService/Embed", b" " * 100_000, **{REQUEST_ID_HEADER: "oversized"}
         )
+        flush_access_log()
     assert (failed.status_code, failed.headers[REQUEST_ID_HEADER]) == (400, "empty")
     assert (oversized.status_code, oversized.headers[REQUEST_ID_HEADER]) == (429, "oversized")
     assert access_records(caplog, "empty")[0].fields["code"] == "INVALID_ARGUMENT"  # type: ignore[attr-defined]

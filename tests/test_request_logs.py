@@ -20,6 +20,7 @@ from vecserve.v1 import embedding_pb2, embedding_pb2_grpc
 from clients.local_server import ServerProcess, free_port
 from service.config import Settings, settings_from_env
 from service.errors import InvalidSettings
+from service.observability.access_log import flush_access_log
 from service.observability.calls import REQUEST_ID_HEADER
 from service.observability.logs import REQUEST_ID, JsonFormatter, TextFormatter
 
@@ -44,6 +45,7 @@ def test_the_client_request_id_is_echoed_and_logged(
         _, call = stub.GetModelInfo.with_call(
             embedding_pb2.GetModelInfoRequest(), metadata=[(REQUEST_ID_HEADER, "trace-42.a:b")], timeout=10
         )
+        flush_access_log()
     assert echoed_id(call.trailing_metadata()) == "trace-42.a:b"
     (record,) = [r for r in access_records(caplog) if r.fields["request_id"] == "trace-42.a:b"]  # type: ignore[attr-defined]
     assert record.fields["method"] == "/vecserve.v1.EmbeddingService/GetModelInfo"  # type: ignore[attr-defined]
@@ -73,6 +75,7 @@ def test_failed_calls_carry_the_request_id_too(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="vecserve.access"), pytest.raises(grpc.RpcError) as caught:
         stub.Embed(embedding_pb2.EmbedRequest(), metadata=[(REQUEST_ID_HEADER, "failing-call")], timeout=10)
+    flush_access_log()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert echoed_id(caught.value.trailing_metadata()) == "failing-call"
     # The error's details travel in the same trailing metadata, beside the id.

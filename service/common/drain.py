@@ -22,19 +22,29 @@ class Drain:
     """
 
     def __init__(self) -> None:
-        self._condition = threading.Condition()
+        # Counting takes the bare lock; waiting for the count to fall to zero, its condition.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._calls = 0
+        # Calls being handled by transport ("grpc", "http"): the transports' in-flight gauges.
+        self._by_transport: dict[str, int] = {}
         self.draining = False
 
-    def enter(self) -> None:
-        with self._condition:
+    def enter(self, transport: str) -> None:
+        with self._lock:
             self._calls += 1
+            self._by_transport[transport] = self._by_transport.get(transport, 0) + 1
 
-    def leave(self) -> None:
-        with self._condition:
+    def leave(self, transport: str) -> None:
+        with self._lock:
             self._calls -= 1
+            self._by_transport[transport] -= 1
             if not self._calls:
-                self._condition.notify_all()
+                self._idle.notify_all()
+
+    def in_flight(self, transport: str) -> int:
+        """Calls over `transport` being handled right now."""
+        return self._by_transport.get(transport, 0)
 
     def admit(self) -> None:
         """Raises Unavailable once draining has started."""
@@ -46,5 +56,5 @@ class Drain:
 
     def wait(self, timeout: float | None) -> bool:
         """Until no call is being handled (True), or timeout seconds passed (False)."""
-        with self._condition:
-            return self._condition.wait_for(lambda: self._calls == 0, timeout)
+        with self._idle:
+            return self._idle.wait_for(lambda: self._calls == 0, timeout)

@@ -36,6 +36,7 @@ from service.grpc_server.servicers.embedding import EmbeddingServicer
 from service.grpc_server.servicers.index import IndexServicer
 from service.grpc_server.tls import server_credentials
 from service.http_server.server import HttpServer
+from service.observability.access_log import flush_access_log
 from service.observability.calls import CallObserver
 from service.observability.logs import configure_logging
 from service.observability.metrics import MetricsHttpServer, ServerMetrics
@@ -80,6 +81,7 @@ class RunningServer:
         self.server.stop(remaining).wait()
         for close in self.closers:
             close()
+        flush_access_log()  # the lines of the last calls, written by the access log's thread
 
 
 def _service_name(descriptor_module: object, service: str) -> str:

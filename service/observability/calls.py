@@ -4,7 +4,7 @@ send it back and tell the final code (as a gRPC code name); the rest is here, on
 
 Every call gets a request id: the client's `x-request-id` value when it is a sane token, otherwise a
 new one. It is set in the logging context (so every log line of the call carries it) and written in
-the access-log line the call ends with.
+the access-log line the call ends with (written by service/observability/access_log.py's thread).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from contextvars import Token
 from dataclasses import dataclass
 
 from service.common.drain import Drain
+from service.observability.access_log import ACCESS_LOG, AccessLine
 from service.observability.logs import REQUEST_ID
 from service.observability.metrics import CallMetrics, MethodMetrics
 
-log = logging.getLogger("vecserve.access")
+log = ACCESS_LOG.logger
 
 REQUEST_ID_HEADER = "x-request-id"
 # What an incoming request id may look like: no spaces or quotes that could forge log fields.
@@ -59,7 +60,6 @@ class ObservedMethod:
     def __init__(self, method: str, transport: str, metrics: CallMetrics, drain: Drain) -> None:
         self._method = method
         self._transport = transport
-        self._in_flight = metrics.in_flight
         self._calls: MethodMetrics = metrics.method(method)
         self._drain = drain
 
@@ -67,38 +67,28 @@ class ObservedMethod:
         """Starts a call: its request id (the client's when sane) is set for the call's log lines."""
         request_id = sane_request_id(client_request_id) or new_request_id()
         token = REQUEST_ID.set(request_id)
-        self._in_flight.inc()
-        self._drain.enter()
+        self._drain.enter(self._transport)
         return ObservedCall(request_id, time.perf_counter(), token)
 
     def end(self, call: ObservedCall, code_name: str, peer: str) -> None:
         """Ends a call with the gRPC name of its final code: counted, timed and logged."""
         seconds = time.perf_counter() - call.started
-        self._in_flight.dec()
-        self._drain.leave()
+        self._drain.leave(self._transport)
         self._calls.observe(code_name, seconds)
         level = logging.WARNING if code_name in SERVER_FAULTS else logging.INFO
-        if log.isEnabledFor(level):  # the record and its fields cost more than the rest of the call
-            fields = {
-                "request_id": call.request_id,
-                "method": self._method,
-                "code": code_name,
-                "duration_ms": round(seconds * 1000, 3),
-                "peer": peer,
-                "transport": self._transport,
-            }
-            # Made directly: log.log would also walk the stack for a source line nobody prints.
-            record = log.makeRecord(
-                log.name,
-                level,
-                __file__,
-                0,
-                "%s %s %.1f ms",
-                (self._method, code_name, seconds * 1000),
-                None,
-                extra={"fields": fields},
+        if log.isEnabledFor(level):
+            ACCESS_LOG.add(
+                AccessLine(
+                    level,
+                    time.time(),
+                    self._method,
+                    code_name,
+                    seconds,
+                    call.request_id,
+                    peer,
+                    self._transport,
+                )
             )
-            log.handle(record)
         REQUEST_ID.reset(call.context_token)
 
 
@@ -109,6 +99,8 @@ class CallObserver:
         self.transport = transport
         self.drain = drain
         self._metrics = metrics
+        # Counted by the drain, whose lock each call takes anyway; read at scrape time.
+        metrics.in_flight.set_function(lambda: drain.in_flight(transport))
         self._methods: dict[str, ObservedMethod] = {}
 
     def method(self, method: str) -> ObservedMethod:

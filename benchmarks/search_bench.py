@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,9 @@ CLIENTS = 32
 SERVER_ENV = {"VECSERVE_VOCABULARY_SIZE": "1"}
 # Vectors of the index that measures the per-call floor: its search costs next to nothing.
 FLOOR_VECTORS = 1_000
+# Rounds of the per-call floor's CPU figures: /proc counts in clock ticks (10 ms), so each round is
+# `count` calls long, and the machine's other work shifts single rounds.
+CPU_ROUNDS = 7
 
 
 def unit_rows(count: int, seed: int) -> np.ndarray:
@@ -113,12 +117,13 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
             )
             # CPU time of each server process per call: less swayed by the other work on the machine.
             assert served.process is not None
-            cpu_ms = {
-                "bare": server_cpu_ms(bare.pid, lambda: bare_health.Check(check, timeout=10), 4 * count),
-                "search": server_cpu_ms(
-                    served.process.pid, lambda: indexes.Search(search, timeout=10), 4 * count
-                ),
-            }
+            cpu_ms = server_cpu_ms(
+                {
+                    "bare": (bare.pid, lambda: bare_health.Check(check, timeout=10)),
+                    "search": (served.process.pid, lambda: indexes.Search(search, timeout=10)),
+                },
+                count,
+            )
     finally:
         for channel in channels:
             channel.close()
@@ -136,19 +141,36 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
         "ms",
         "both servers in subprocesses, best of 5 interleaved rounds; machine shared",
     )
-    report.add(section, "bare gRPC server: CPU per Health/Check (process, /proc)", cpu_ms["bare"], "ms")
-    report.add(section, "vecserve: CPU per one-query Search (process, /proc)", cpu_ms["search"], "ms")
-    report.add(section, "service share of server CPU: Search - bare", cpu_ms["search"] - cpu_ms["bare"], "ms")
+    rounds = f"median of {CPU_ROUNDS} interleaved rounds of {count} calls"
+    report.add(
+        section, "bare gRPC server: CPU per Health/Check (process, /proc)", cpu_ms["bare"], "ms", rounds
+    )
+    report.add(section, "vecserve: CPU per one-query Search (process, /proc)", cpu_ms["search"], "ms", rounds)
+    report.add(
+        section,
+        "service share of server CPU: Search - bare",
+        cpu_ms["share"],
+        "ms",
+        f"{rounds}, each round's difference",
+    )
 
 
-def server_cpu_ms(pid: int, call: Callable[[], object], count: int) -> float:
-    """CPU milliseconds the server process `pid` spends per call, over `count` calls in a row."""
-    for _ in range(20):  # warm-up
-        call()
-    began = cpu_seconds(pid)
-    for _ in range(count):
-        call()
-    return (cpu_seconds(pid) - began) / count * 1000
+def server_cpu_ms(calls: dict[str, tuple[int, Callable[[], object]]], count: int) -> dict[str, float]:
+    """CPU milliseconds each server process spends per call (its pid and call under each name), over
+    `count` calls in a row, the servers taking turns for CPU_ROUNDS rounds: the median of the rounds,
+    and as "share" the median of each round's "search" - "bare" (neighbours in time, under like load)."""
+    per_round: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(CPU_ROUNDS):
+        for name, (pid, call) in calls.items():
+            for _ in range(20):  # warm-up
+                call()
+            began = cpu_seconds(pid)
+            for _ in range(count):
+                call()
+            per_round[name].append((cpu_seconds(pid) - began) / count * 1000)
+    medians = {name: statistics.median(values) for name, values in per_round.items()}
+    shares = [search - bare for search, bare in zip(per_round["search"], per_round["bare"], strict=True)]
+    return {**medians, "share": statistics.median(shares)}
 
 
 def run(report: Report) -> None:

@@ -4,7 +4,8 @@ Per-call floor: one-query Search calls one after another on a small flat index (
 against a vecserve server subprocess, taking turns with Health/Check calls to a bare grpcio server
 subprocess (the health service alone), both with prebuilt requests; the difference is what the service
 adds to a call (its front door: request id, token check, access log and metrics; message conversion;
-the store's search and its answer).
+the store's search and its answer). The servers' CPU per call is measured in rounds taking turns as
+well, vecserve's own Health/Check among them: less the bare server's, that is the front door's part.
 
 Concurrent searches (aim 5 of the throughput work): 32 clients, one query per call,
 against a flat index, with search batching on and off, vs one batched in-process FAISS search.
@@ -19,6 +20,7 @@ while searches are measured.
 from __future__ import annotations
 
 import argparse
+import operator
 import shutil
 import statistics
 import subprocess
@@ -102,6 +104,7 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
         grpc.channel_ready_future(channels[0]).result(timeout=60)
         bare_health = health_pb2_grpc.HealthStub(channels[0])
         indexes = index_pb2_grpc.IndexServiceStub(channels[1])
+        vecserve_health = health_pb2_grpc.HealthStub(channels[1])
         check = health_pb2.HealthCheckRequest()
         query = index_pb2.Query(vector=index_pb2.Vector(values=unit_rows(1, 4)[0].tolist()))
         search = index_pb2.SearchRequest(index_name="bench", queries=[query], k=10)
@@ -121,6 +124,7 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
                 {
                     "bare": (bare.pid, lambda: bare_health.Check(check, timeout=10)),
                     "search": (served.process.pid, lambda: indexes.Search(search, timeout=10)),
+                    "health": (served.process.pid, lambda: vecserve_health.Check(check, timeout=10)),
                 },
                 count,
             )
@@ -153,12 +157,20 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
         "ms",
         f"{rounds}, each round's difference",
     )
+    report.add(
+        section,
+        "of which the front door: vecserve - bare Health/Check CPU",
+        cpu_ms["front door"],
+        "ms",
+        "request id, drain, token check, metrics, access log; each round's difference",
+    )
 
 
 def server_cpu_ms(calls: dict[str, tuple[int, Callable[[], object]]], count: int) -> dict[str, float]:
     """CPU milliseconds each server process spends per call (its pid and call under each name), over
     `count` calls in a row, the servers taking turns for CPU_ROUNDS rounds: the median of the rounds,
-    and as "share" the median of each round's "search" - "bare" (neighbours in time, under like load)."""
+    and as "share" and "front door" the medians of each round's "search" - "bare" and "health" - "bare"
+    (neighbours in time, under like load)."""
     per_round: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(CPU_ROUNDS):
         for name, (pid, call) in calls.items():
@@ -169,8 +181,12 @@ def server_cpu_ms(calls: dict[str, tuple[int, Callable[[], object]]], count: int
                 call()
             per_round[name].append((cpu_seconds(pid) - began) / count * 1000)
     medians = {name: statistics.median(values) for name, values in per_round.items()}
-    shares = [search - bare for search, bare in zip(per_round["search"], per_round["bare"], strict=True)]
-    return {**medians, "share": statistics.median(shares)}
+    bare = per_round["bare"]
+    return {
+        **medians,
+        "share": statistics.median(map(operator.sub, per_round["search"], bare)),
+        "front door": statistics.median(map(operator.sub, per_round["health"], bare)),
+    }
 
 
 def run(report: Report) -> None:

@@ -1,7 +1,7 @@
 """Search with ids_only through real servers (gRPC and HTTP/JSON, one index and two local shards): the
 same ids and scores as full hits, with no text, metadata or vector, under filters, k and queries by
 document id; ids_only with include_vectors refused as INVALID_ARGUMENT; the CLI's --ids-only; and the
-client's packed query vectors, equal to the values given."""
+client's packed query vectors, equal to the values given; a request's vector queries read at once."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from vecserve.v1 import index_pb2
 from clients import VecserveClient
 from clients.cli import main
 from clients.client import vector_message
+from service.api.index import queries_from_messages, query_from_message
 from service.cluster.routing import shard_name
 from service.cluster.sharded_store import LocalShard, ShardedStore
 from service.config import Settings
@@ -185,3 +186,43 @@ def test_packed_query_vectors_equal_the_values_given(values: object) -> None:
 def test_a_query_vector_of_rows_is_refused_as_before() -> None:
     with pytest.raises(TypeError):
         vector_message(np.zeros((2, 3)))
+
+
+def vector_query(values: list[float], unknown: bytes = b"") -> index_pb2.Query:
+    vector = index_pb2.Vector.FromString(index_pb2.Vector(values=values).SerializeToString() + unknown)
+    return index_pb2.Query(vector=vector)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [vector_query([1.5, -2.0, 3.25]), vector_query([0.0, 1e-30, 3e38])],
+        [vector_query([1.0, 2.0]), vector_query([1.0, 2.0, 3.0])],  # dimensions differ
+        [vector_query([1.0, 2.0]), index_pb2.Query(text="words")],
+        [vector_query([1.0, 2.0]), vector_query([3.0, 4.0], unknown=b"\x10\x01")],  # an unknown field
+        [vector_query([]), vector_query([])],
+    ],
+)
+def test_queries_read_at_once_equal_queries_read_one_by_one(messages: list[index_pb2.Query]) -> None:
+    request = index_pb2.SearchRequest(queries=messages)
+    one_by_one = [query_from_message(query, f"queries[{n}]") for n, query in enumerate(request.queries)]
+    at_once = queries_from_messages(request.queries)
+    assert [(query.text, query.document_id) for query in at_once] == [
+        (query.text, query.document_id) for query in one_by_one
+    ]
+    for read, expected in zip(at_once, one_by_one, strict=True):
+        if expected.vector is None:
+            assert read.vector is None
+        else:
+            assert read.vector.dtype == np.float32
+            assert read.vector.tobytes() == expected.vector.tobytes()
+
+
+def test_a_batch_of_vector_queries_answers_as_each_alone(client: VecserveClient) -> None:
+    vectors = list(np.random.default_rng(5).standard_normal((20, DIMENSION)).astype(np.float32))
+    together = client.search(INDEX, vectors, k=3, ids_only=True)
+    assert ids_and_scores(together) == [ids_and_scores(client.search(INDEX, [v], k=3))[0] for v in vectors]
+    with pytest.raises(grpc.RpcError) as raised:
+        client.search(INDEX, [vectors[0], np.ones(DIMENSION + 1)])
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "queries[1].vector" in raised.value.details()

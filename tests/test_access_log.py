@@ -63,6 +63,34 @@ def test_flush_writes_every_queued_line_before_returning(kept: Kept) -> None:
     ]
 
 
+def test_beyond_the_pending_limit_the_calls_thread_writes_the_lines_itself(kept: Kept) -> None:
+    access_log = AccessLog(logging.getLogger("vecserve.test-access"), max_pending=3)
+    for number in range(4):
+        access_log.add(line(number))
+    # Written by the fourth add itself, whatever the writer thread has done meanwhile.
+    assert [record.fields["request_id"] for record in kept.records] == [f"id-{n}" for n in range(4)]  # type: ignore[attr-defined]
+
+
+def test_the_writer_thread_outlives_a_failing_filter(kept: Kept, capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("vecserve.test-access")
+
+    def refuse_the_first(record: logging.LogRecord) -> bool:
+        if record.fields["request_id"] == "id-1":  # type: ignore[attr-defined]
+            raise RuntimeError("a broken filter")
+        return True
+
+    logger.addFilter(refuse_the_first)
+    try:
+        access_log = AccessLog(logger)
+        access_log.add(line(1))
+        wait_until(lambda: "a broken filter" in capsys.readouterr().err, "the writer to meet the filter")
+        access_log.add(line(2))
+        wait_until(lambda: len(kept.records) == 1, "the writer thread to write the next line")
+    finally:
+        logger.removeFilter(refuse_the_first)
+    assert kept.records[0].fields["request_id"] == "id-2"  # type: ignore[attr-defined]
+
+
 def test_a_line_reads_as_one_written_on_the_calls_thread(kept: Kept) -> None:
     access_log = AccessLog(logging.getLogger("vecserve.test-access"))
     access_log.add(line(7))

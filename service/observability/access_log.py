@@ -18,11 +18,15 @@ import atexit
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from typing import NamedTuple
 
 # How long the writer gathers lines before writing them: at most this much of the log is lost to a kill.
 LINGER_SECONDS = 0.05
+# Lines queued beyond this are written by the calls' own threads, as before: a log that cannot keep up
+# (stderr a pipe nobody reads) slows the calls down instead of filling the memory.
+MAX_PENDING_LINES = 10_000
 
 
 class AccessLine(NamedTuple):
@@ -41,8 +45,9 @@ class AccessLine(NamedTuple):
 class AccessLog:
     """Queues lines from any thread and writes them from its own, in order."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, max_pending: int = MAX_PENDING_LINES) -> None:
         self.logger = logger
+        self._max_pending = max_pending
         self._pending: deque[AccessLine] = deque()  # append and popleft are atomic: no lock per call
         self._queued = threading.Event()
         self._writing = threading.Lock()  # one writer at a time: the thread, or flush()
@@ -51,7 +56,9 @@ class AccessLog:
 
     def add(self, line: AccessLine) -> None:
         self._pending.append(line)
-        if not self._queued.is_set():  # a plain read; setting takes a lock, once per batch
+        if len(self._pending) > self._max_pending:
+            self.flush()
+        elif not self._queued.is_set():  # a plain read; setting takes a lock, once per batch
             if self._thread is None:
                 self._start()
             self._queued.set()
@@ -74,7 +81,10 @@ class AccessLog:
             time.sleep(LINGER_SECONDS)
             # Cleared before the lines are taken: a line queued after this sets the event again.
             self._queued.clear()
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a failing filter or handler loses its line, not the writer thread
+                traceback.print_exc()
 
     def _write_pending(self) -> None:
         logger = self.logger

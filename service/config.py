@@ -56,7 +56,7 @@ class Settings:
     # per background batch, its share of the model's time under steady live load, and the quiet time
     # of live calls after which it runs freely.
     background_batch_tokens: int = 512
-    background_share: float = 0.15
+    background_share: float = 0.1
     background_quiet_ms: float = 50.0
     # Concurrent searches of one index with the same k and filter run as one FAISS call.
     search_batching: bool = True

@@ -28,13 +28,15 @@ def numbered_model(texts: list[str]) -> np.ndarray:
 
 
 class RecordingModel:
-    """Notes each batch it runs (its texts); with `held`, the first batch waits for `release`. Its
-    clock moves by `seconds_per_text` of each text's lane (t: live, b: background) per batch."""
+    """Notes each batch it runs (its texts, and its lane's letter with its start and end on the clock);
+    with `held`, the first batch waits for `release`. Its clock moves by `seconds_per_text` of each
+    text's lane (t: live, b: background) per batch."""
 
     def __init__(self, held: bool = False, seconds_per_text: dict[str, float] | None = None) -> None:
         self.now = 0.0
         self._seconds_per_text = seconds_per_text or {"t": 0.0, "b": 0.0}
         self.batches: list[list[str]] = []
+        self.spans: list[tuple[str, float, float]] = []
         self.started = threading.Event()
         self.release = threading.Event()
         self._held = held
@@ -47,7 +49,9 @@ class RecordingModel:
         if first and self._held:
             self.started.set()
             self.release.wait(30)
+        start = self.now
         self.now += sum(self._seconds_per_text[text.split("-")[0]] for text in texts)
+        self.spans.append(("B" if texts[0].startswith("b-") else "L", start, self.now))
         return numbered_model(texts)
 
     def clock(self) -> float:
@@ -125,6 +129,41 @@ def test_under_steady_live_load_the_background_lane_gets_its_share() -> None:
     finally:
         model.release.set()
         batcher.close()
+
+
+def test_at_the_default_share_background_work_is_done_within_its_time_over_the_share() -> None:
+    """The bound the README states, at the default share: under live calls queued all along (10 s
+    each), background work of T = 20 s (ten batches of 2 s) has ended by T / share of the clock, give
+    or take the live batch it may wait for; and before each background batch, the lane has taken no
+    more than its share of the time so far (what live calls lose to it)."""
+    share = BatchingSettings().background_share
+    model = RecordingModel(held=True, seconds_per_text={"t": 10.0, "b": 2.0})
+    settings = BatchingSettings(
+        max_batch_tokens=10,  # one live call per batch
+        max_wait_seconds=0,
+        background_batch_tokens=10,
+        background_quiet_seconds=AN_HOUR,
+    )
+    batcher = DynamicBatcher(model, settings, clock=model.clock)
+    try:
+        first = batcher.submit(texts("t", 0, 1), [10])
+        assert model.started.wait(30)
+        live = [batcher.submit(texts("t", number, 1), [10]) for number in range(1, 31)]
+        background = batcher.submit(texts("b", 0, 10), [10] * 10, background=True)
+        model.release.set()
+        assert background.result(30)[:, 0].tolist() == list(range(10))
+        assert [call.result(30)[0, 0] for call in [first, *live]] == list(range(31))
+    finally:
+        model.release.set()
+        batcher.close()
+    background_spans = [(start, end) for lane, start, end in model.spans if lane == "B"]
+    background_seconds = sum(end - start for start, end in background_spans)
+    assert background_seconds == 20.0
+    assert background_spans[-1][1] <= background_seconds / share + 10.0
+    taken = 0.0
+    for start, end in background_spans:
+        assert taken <= share * start + 1e-9
+        taken += end - start
 
 
 class GatedModel:

@@ -392,7 +392,7 @@ def test_the_background_lane_is_set_by_flags_and_variables(monkeypatch: pytest.M
     assert flagged.background_quiet_seconds == pytest.approx(0.020)
     defaults = Settings().batching
     assert defaults is not None
-    assert (defaults.background_batch_tokens, defaults.background_share) == (512, 0.15)
+    assert (defaults.background_batch_tokens, defaults.background_share) == (512, 0.1)
     assert defaults.background_quiet_seconds == pytest.approx(0.050)
 
 

@@ -130,7 +130,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "--background-share",
         type=float,
         help="share of the model's time background work keeps under steady live load, between 0 and 1: "
-        "it is done within about 1 / share times its idle time (VECSERVE_BACKGROUND_SHARE; default 0.15)",
+        "it is done within about 1 / share times its idle time (VECSERVE_BACKGROUND_SHARE; default 0.1)",
     )
     parser.add_argument(
         "--background-quiet-ms",

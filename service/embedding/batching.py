@@ -32,9 +32,10 @@ so that it takes the model only when live calls leave it idle or have had their 
   lower, so batches run while live calls were quiet are not held against the lane), and the time
   it waited for running live batches to end is made up by the next turn. Time, not tokens: the
   vocabulary's one-word texts cost several times more per token than sentences. So background
-  work that takes T seconds on an idle server is done within about T / share seconds however busy
-  the server is (6.7 T at the default share of 0.15), and live calls lose at most that share of
-  the model's time to it.
+  work that takes T seconds of model time is done within about T / share seconds however busy the
+  server is (10 T at the default share of 0.1), and live calls lose at most that share of the
+  model's time to it. T is the model time under that load: on a machine loaded by other work, a
+  background batch takes longer than on an idle one, and the build with it.
 - Background texts have a queue limit of their own (max_queued_texts, apart from the live queue's):
   live calls are never refused because background work is queued.
 """
@@ -84,7 +85,7 @@ class BatchingSettings:
     # longest wait it can cause a live call), the share of the model's time it keeps under steady
     # live load, and how long live calls must have been quiet before it runs freely.
     background_batch_tokens: int = 512
-    background_share: float = 0.15
+    background_share: float = 0.1
     background_quiet_seconds: float = 0.05
 
     def check(self, max_sequence_length: int, max_texts_per_request: int) -> None:

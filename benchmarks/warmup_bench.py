@@ -17,13 +17,16 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import Report, median, short_texts
 from clients import VecserveClient
-from clients.local_server import ServerProcess
+from clients.local_server import ServerProcess, free_port
 from service.embedding.batching import BatchingSettings
 
 CALLS = 24
@@ -115,10 +118,45 @@ def vocabulary_ready(client: VecserveClient) -> bool:
     return True
 
 
-def warm_round(client: VecserveClient, texts: list[str]) -> float:
+def background_seconds(metrics_address: str) -> float:
+    """The model seconds a server's background batches have taken so far (its metric)."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vecserve_encoder_background_seconds_total":
+                return sample.value
+    raise RuntimeError("the server reports no background seconds")
+
+
+def cpu_seconds(server: ServerProcess) -> float:
+    """The CPU seconds a server process has used so far (all its threads)."""
+    assert server.process is not None
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    user, system = int(fields[11]), int(fields[12])  # utime and stime, in clock ticks
+    return (user + system) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class RoundFigures:
+    texts_per_second: float
+    # Live texts per CPU second of the server: its work, whatever else ran on the machine meanwhile.
+    texts_per_cpu_second: float
+    # The share of the round's time the background batches took (0 without the server's metrics).
+    background_share: float
+
+
+def warm_round(
+    server: ServerProcess, client: VecserveClient, texts: list[str], metrics_address: str = ""
+) -> RoundFigures:
     """One round after a call of warm-up (the same for both servers: the idle one's caches went cold)."""
     client.embed(texts[:BATCH])
-    return embed_round(client, texts)
+    background_before = background_seconds(metrics_address) if metrics_address else 0.0
+    cpu_before, began = cpu_seconds(server), time.perf_counter()
+    rate = embed_round(client, texts)
+    elapsed, cpu = time.perf_counter() - began, cpu_seconds(server) - cpu_before
+    background = background_seconds(metrics_address) - background_before if metrics_address else 0.0
+    return RoundFigures(rate, len(texts) / cpu, background / elapsed)
 
 
 def interleaved_servers(report: Report) -> None:
@@ -126,26 +164,27 @@ def interleaved_servers(report: Report) -> None:
     vocabulary_size = {"tiny": 200, "quick": 30_000, "full": 30_000}[report.size]
     env = {"VECSERVE_VOCABULARY_SIZE": str(vocabulary_size)}
     texts = short_texts(CALLS * BATCH)
-    during: list[float] = []
-    after: list[float] = []
+    during: list[RoundFigures] = []
+    after: list[RoundFigures] = []
     rounds_building = 0
     with tempfile.TemporaryDirectory() as scratch:
         built = ServerProcess(Path(scratch) / "built", env=env).start()
         try:
             with VecserveClient(built.address, timeout=600) as built_client:
                 ReadyWatch(built.address, time.perf_counter()).wait()
-                for pair in range(report.pick(tiny=1, quick=8, full=12)):
+                for pair in range(report.pick(tiny=1, quick=12, full=16)):
                     # Every other pair the building server goes first: a drift of the load within a
                     # pair favours neither.
                     for building_turn in (False, True) if pair % 2 == 0 else (True, False):
                         if not building_turn:
-                            after.append(warm_round(built_client, texts))
+                            after.append(warm_round(built, built_client, texts))
                             continue
                         data_dir = Path(scratch) / f"building-{pair}"
-                        building = ServerProcess(data_dir, env=env).start()
+                        metrics = f"127.0.0.1:{free_port()}"
+                        building = ServerProcess(data_dir, "--metrics-listen", metrics, env=env).start()
                         try:
                             with VecserveClient(building.address, timeout=600) as client:
-                                during.append(warm_round(client, texts))
+                                during.append(warm_round(building, client, texts, metrics))
                                 if not vocabulary_ready(client):
                                     rounds_building += 1
                         finally:
@@ -153,11 +192,15 @@ def interleaved_servers(report: Report) -> None:
                             shutil.rmtree(data_dir, ignore_errors=True)
         finally:
             built.stop()
-    ratios = [building / ready for building, ready in zip(during, after, strict=True)]
+    pairs = list(zip(during, after, strict=True))
+    ratios = [building.texts_per_second / ready.texts_per_second for building, ready in pairs]
+    cpu_ratios = [building.texts_per_cpu_second / ready.texts_per_cpu_second for building, ready in pairs]
     section = "warm-up"
     calls = f"{CALLS} calls of {BATCH}"
-    report.add(section, f"Embed {calls}, servers taking turns: building", median(during), "texts/s")
-    report.add(section, "  vocabulary built", median(after), "texts/s")
+    building_rate = median([figures.texts_per_second for figures in during])
+    built_rate = median([figures.texts_per_second for figures in after])
+    report.add(section, f"Embed {calls}, servers taking turns: building", building_rate, "texts/s")
+    report.add(section, "  vocabulary built", built_rate, "texts/s")
     report.add(
         section,
         "  during / after the build, side by side",
@@ -165,6 +208,20 @@ def interleaved_servers(report: Report) -> None:
         "ratio",
         f"median of {len(ratios)} pairs ({min(ratios):.2f} to {max(ratios):.2f}; "
         f"{rounds_building} ended with the build still running), aim >= 0.8",
+    )
+    report.add(
+        section,
+        "  the same in live texts per server CPU second",
+        median(cpu_ratios),
+        "ratio",
+        f"{min(cpu_ratios):.2f} to {max(cpu_ratios):.2f}",
+    )
+    report.add(
+        section,
+        "  share of the building rounds the background batches took",
+        median([figures.background_share for figures in during]),
+        "ratio",
+        f"setting {BatchingSettings().background_share:g}",
     )
 
 

@@ -189,9 +189,18 @@ def server_cpu_ms(calls: dict[str, tuple[int, Callable[[], object]]], count: int
     }
 
 
-def run(report: Report) -> None:
+# Calls in a row per round of the per-call floor, by run size.
+FLOOR_CALLS = {"tiny": 50, "quick": 500, "full": 2000}
+
+
+def run_floor(report: Report) -> None:
+    """The per-call floor (section search-1) alone."""
     with tempfile.TemporaryDirectory() as scratch:
-        per_call_floor(report, Path(scratch), {"tiny": 50, "quick": 500, "full": 2000}[report.size])
+        per_call_floor(report, Path(scratch), FLOOR_CALLS[report.size])
+
+
+def run(report: Report) -> None:
+    run_floor(report)
     size = report.pick(tiny=5_000, quick=100_000, full=100_000)
     query_count = report.pick(tiny=256, quick=1_024, full=4_096)
     vectors, queries = unit_rows(size, 1), unit_rows(query_count, 2)
@@ -244,6 +253,12 @@ def run(report: Report) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="the bare health server of the per-call floor")
-    parser.add_argument("--bare-health", type=int, required=True, metavar="PORT")
-    serve_bare_health(parser.parse_args().bare_health)
+    parser = argparse.ArgumentParser(description="the per-call floor alone, or its bare health server")
+    choice = parser.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--floor", choices=sorted(FLOOR_CALLS), help="run section search-1 at this size")
+    choice.add_argument("--bare-health", type=int, metavar="PORT")
+    args = parser.parse_args()
+    if args.floor is not None:
+        run_floor(Report(args.floor))
+    else:
+        serve_bare_health(args.bare_health)

@@ -20,6 +20,7 @@ while searches are measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import operator
 import shutil
 import statistics
@@ -34,7 +35,6 @@ import faiss
 import numpy as np
 
 from benchmarks.common import Report, concurrent_calls, sequential_call_ms
-from benchmarks.embedding_bench import cpu_seconds
 from clients import VecserveClient
 from clients.local_server import ServerProcess, free_port
 from service.index.model import Document, IndexKind
@@ -46,9 +46,9 @@ CLIENTS = 32
 SERVER_ENV = {"VECSERVE_VOCABULARY_SIZE": "1"}
 # Vectors of the index that measures the per-call floor: its search costs next to nothing.
 FLOOR_VECTORS = 1_000
-# Rounds of the per-call floor's CPU figures: /proc counts in clock ticks (10 ms), so each round is
-# `count` calls long, and the machine's other work shifts single rounds.
-CPU_ROUNDS = 7
+# Rounds of the per-call floor's CPU figures, each of a fifth of `count` calls per server: short
+# rounds taking turns meet the machine's other work alike, and many of them give a steady median.
+CPU_ROUNDS = 30
 
 
 def unit_rows(count: int, seed: int) -> np.ndarray:
@@ -120,13 +120,14 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
             )
             # CPU time of each server process per call: less swayed by the other work on the machine.
             assert served.process is not None
+            round_calls = max(count // 5, 10)
             cpu_ms = server_cpu_ms(
                 {
                     "bare": (bare.pid, lambda: bare_health.Check(check, timeout=10)),
                     "search": (served.process.pid, lambda: indexes.Search(search, timeout=10)),
                     "health": (served.process.pid, lambda: vecserve_health.Check(check, timeout=10)),
                 },
-                count,
+                round_calls,
             )
     finally:
         for channel in channels:
@@ -145,7 +146,7 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
         "ms",
         "both servers in subprocesses, best of 5 interleaved rounds; machine shared",
     )
-    rounds = f"median of {CPU_ROUNDS} interleaved rounds of {count} calls"
+    rounds = f"median of {CPU_ROUNDS} interleaved rounds of {round_calls} calls"
     report.add(
         section, "bare gRPC server: CPU per Health/Check (process, /proc)", cpu_ms["bare"], "ms", rounds
     )
@@ -166,6 +167,16 @@ def per_call_floor(report: Report, scratch: Path, count: int) -> None:
     )
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds the threads of process `pid` have run so far, to the nanosecond (Linux
+    /proc/<pid>/task/*/schedstat; /proc/<pid>/stat counts 10 ms ticks, too coarse for short rounds)."""
+    total_ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            total_ns += int((task / "schedstat").read_text().split()[0])
+    return total_ns / 1e9
+
+
 def server_cpu_ms(calls: dict[str, tuple[int, Callable[[], object]]], count: int) -> dict[str, float]:
     """CPU milliseconds each server process spends per call (its pid and call under each name), over
     `count` calls in a row, the servers taking turns for CPU_ROUNDS rounds: the median of the rounds,
@@ -176,10 +187,10 @@ def server_cpu_ms(calls: dict[str, tuple[int, Callable[[], object]]], count: int
         for name, (pid, call) in calls.items():
             for _ in range(20):  # warm-up
                 call()
-            began = cpu_seconds(pid)
+            began = process_cpu_seconds(pid)
             for _ in range(count):
                 call()
-            per_round[name].append((cpu_seconds(pid) - began) / count * 1000)
+            per_round[name].append((process_cpu_seconds(pid) - began) / count * 1000)
     medians = {name: statistics.median(values) for name, values in per_round.items()}
     bare = per_round["bare"]
     return {

@@ -2,12 +2,14 @@
 in the background, against a server whose vocabulary is built; and how long the vocabulary takes to
 become ready, on an idle server and under steady load.
 
-The throughput ratio comes from rounds taking turns: a server whose vocabulary is built answers one
-round, then a server started on a fresh data directory (building its vocabulary) answers the next,
-and so on, the order swapped every pair. Each building server serves one round and is killed before
-the other's round, so that neither competes with the other for the cores, and the machine's
-changing load falls on both alike. The ready times come from two builds one after the other, the
-machine's load average sampled during each: they are comparable only when it was about the same.
+The throughput ratio comes from rounds taking turns, the order swapped every pair: a server started
+on a copy of a data directory whose vocabulary is built answers one round, then a server started on
+an empty one (building its vocabulary) the next, and so on. Each server answers one round and is
+killed before the next one starts, so that no two compete for the cores and the machine's changing
+load falls on both alike; and both are as freshly started: a server that has run for minutes
+(through its whole build) is not compared with one started seconds before. The ready times come
+from two builds one after the other, the machine's load average sampled during each: they are
+comparable only when it was about the same.
 """
 
 from __future__ import annotations
@@ -159,8 +161,35 @@ def warm_round(
     return RoundFigures(rate, len(texts) / cpu, background / elapsed)
 
 
+def built_vocabulary(data_dir: Path, env: dict[str, str]) -> None:
+    """Builds the vocabulary in a data directory, with a server that is then stopped."""
+    server = ServerProcess(data_dir, env=env).start()
+    try:
+        ReadyWatch(server.address, time.perf_counter()).wait()
+    finally:
+        server.stop()
+
+
+def fresh_server_round(
+    data_dir: Path, env: dict[str, str], texts: list[str], built: bool
+) -> tuple[RoundFigures, bool]:
+    """A round of a server started on `data_dir` (killed after it), once its vocabulary is loaded when
+    `built`; and whether its vocabulary was still building at the end of the round."""
+    metrics = f"127.0.0.1:{free_port()}"
+    server = ServerProcess(data_dir, "--metrics-listen", metrics, env=env).start()
+    try:
+        if built:
+            ReadyWatch(server.address, time.perf_counter()).wait()
+        with VecserveClient(server.address, timeout=600) as client:
+            return warm_round(server, client, texts, metrics), not vocabulary_ready(client)
+    finally:
+        server.kill()  # its data is of no further use
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def interleaved_servers(report: Report) -> None:
-    """During / after the build from rounds taking turns between a built and a building server."""
+    """During / after the build from rounds taking turns between freshly started servers, one on a
+    copy of a data directory whose vocabulary is built, the other on an empty one (building)."""
     vocabulary_size = {"tiny": 200, "quick": 30_000, "full": 30_000}[report.size]
     env = {"VECSERVE_VOCABULARY_SIZE": str(vocabulary_size)}
     texts = short_texts(CALLS * BATCH)
@@ -168,30 +197,22 @@ def interleaved_servers(report: Report) -> None:
     after: list[RoundFigures] = []
     rounds_building = 0
     with tempfile.TemporaryDirectory() as scratch:
-        built = ServerProcess(Path(scratch) / "built", env=env).start()
-        try:
-            with VecserveClient(built.address, timeout=600) as built_client:
-                ReadyWatch(built.address, time.perf_counter()).wait()
-                for pair in range(report.pick(tiny=1, quick=12, full=16)):
-                    # Every other pair the building server goes first: a drift of the load within a
-                    # pair favours neither.
-                    for building_turn in (False, True) if pair % 2 == 0 else (True, False):
-                        if not building_turn:
-                            after.append(warm_round(built, built_client, texts))
-                            continue
-                        data_dir = Path(scratch) / f"building-{pair}"
-                        metrics = f"127.0.0.1:{free_port()}"
-                        building = ServerProcess(data_dir, "--metrics-listen", metrics, env=env).start()
-                        try:
-                            with VecserveClient(building.address, timeout=600) as client:
-                                during.append(warm_round(building, client, texts, metrics))
-                                if not vocabulary_ready(client):
-                                    rounds_building += 1
-                        finally:
-                            building.kill()  # its build is of no further use
-                            shutil.rmtree(data_dir, ignore_errors=True)
-        finally:
-            built.stop()
+        built = Path(scratch) / "built"
+        built_vocabulary(built, env)
+        for pair in range(report.pick(tiny=1, quick=10, full=16)):
+            # Every other pair the building server goes first: a drift of the load within a pair
+            # favours neither.
+            for building_turn in (False, True) if pair % 2 == 0 else (True, False):
+                data_dir = Path(scratch) / f"{'building' if building_turn else 'built'}-{pair}"
+                if not building_turn:
+                    shutil.copytree(built, data_dir)
+                figures, still_building = fresh_server_round(data_dir, env, texts, built=not building_turn)
+                if building_turn:
+                    during.append(figures)
+                    if still_building:
+                        rounds_building += 1
+                else:
+                    after.append(figures)
     pairs = list(zip(during, after, strict=True))
     ratios = [building.texts_per_second / ready.texts_per_second for building, ready in pairs]
     cpu_ratios = [building.texts_per_cpu_second / ready.texts_per_cpu_second for building, ready in pairs]

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vecserve.packed_floats import packed_floats_header
 from vecserve.v1 import (
     analogy_pb2,
     analogy_pb2_grpc,
@@ -562,13 +563,4 @@ def vector_message(values: Sequence[float] | np.ndarray) -> index_pb2.Vector:
     packed = np.asarray(values, dtype="<f4")
     if packed.ndim != 1:
         return index_pb2.Vector(values=packed.tolist())  # refused here, as a nested list
-    return index_pb2.Vector.FromString(b"\x0a" + _varint(packed.nbytes) + packed.tobytes())
-
-
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while value > 0x7F:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
+    return index_pb2.Vector.FromString(packed_floats_header(packed.size) + packed.tobytes())

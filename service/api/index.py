@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from vecserve.packed_floats import packed_floats_header
 from vecserve.v1 import index_pb2 as pb
 
 from service.api.call import CallContext
@@ -122,15 +123,6 @@ def _metadata_messages(metadata: Mapping[str, MetadataScalar]) -> dict[str, pb.M
     return {key: metadata_message(value) for key, value in metadata.items()}
 
 
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while value > 0x7F:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
-
-
 def float_values(values: Any, message: Any) -> np.ndarray:
     """A repeated float field as float32, `message` being the message that holds only it (field 1).
 
@@ -141,7 +133,7 @@ def float_values(values: Any, message: Any) -> np.ndarray:
     if not values:
         return np.zeros(0, dtype=np.float32)
     data = message.SerializeToString()
-    header = b"\x0a" + _varint(4 * len(values))  # field 1, length-delimited
+    header = packed_floats_header(len(values))
     if len(data) != len(header) + 4 * len(values) or not data.startswith(header):
         return np.array(values, dtype=np.float32)
     return np.frombuffer(data, dtype="<f4", offset=len(header)).astype(np.float32)
@@ -186,7 +178,7 @@ def _packed_vectors(messages: Sequence[pb.Query]) -> np.ndarray | None:
     if not messages or any(message.WhichOneof("input") != "vector" for message in messages):
         return None
     dimension = len(messages[0].vector.values)
-    header = b"\x0a" + _varint(4 * dimension)  # field 1, length-delimited: the packed floats
+    header = packed_floats_header(dimension)
     width = len(header) + 4 * dimension
     joined = b"".join([message.vector.SerializeToString() for message in messages])
     if not dimension or len(joined) != width * len(messages):

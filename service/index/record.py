@@ -217,16 +217,7 @@ class Record:
         # Vectors are only in the rows; everything else comes from the hit_fields index alone.
         source = "documents" if include_vectors else "documents INDEXED BY hit_fields"
         columns = "faiss_id, doc_id, text, metadata" + (", vector" if include_vectors else "")
-        if len(faiss_ids) <= HIT_INLINE_ID_LIMIT:
-            rows = self._reader().execute(
-                f"SELECT {columns} FROM {source} WHERE faiss_id IN ({','.join('?' * len(faiss_ids))})",
-                list(faiss_ids),
-            )
-        else:
-            rows = self._reader().execute(
-                f"SELECT {columns} FROM {source} WHERE faiss_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(faiss_ids)),),
-            )
+        rows = self._rows_of_faiss_ids(columns, source, faiss_ids)
         return {
             row[0]: (
                 row[1],
@@ -240,18 +231,20 @@ class Record:
     def document_ids_by_faiss_id(self, faiss_ids: Sequence[int]) -> dict[int, str]:
         """The document ids of these FAISS ids (missing ones left out), from the hit_fields index alone:
         for hits of ids and scores only, nothing else is decoded."""
-        source = "documents INDEXED BY hit_fields"
+        return dict(self._rows_of_faiss_ids("faiss_id, doc_id", "documents INDEXED BY hit_fields", faiss_ids))
+
+    def _rows_of_faiss_ids(self, columns: str, source: str, faiss_ids: Sequence[int]) -> sqlite3.Cursor:
+        """SELECT columns FROM source for these FAISS ids, bound as parameters up to HIT_INLINE_ID_LIMIT
+        of them and as one JSON array beyond."""
         if len(faiss_ids) <= HIT_INLINE_ID_LIMIT:
-            rows = self._reader().execute(
-                f"SELECT faiss_id, doc_id FROM {source} WHERE faiss_id IN ({','.join('?' * len(faiss_ids))})",
+            return self._reader().execute(
+                f"SELECT {columns} FROM {source} WHERE faiss_id IN ({','.join('?' * len(faiss_ids))})",
                 list(faiss_ids),
             )
-        else:
-            rows = self._reader().execute(
-                f"SELECT faiss_id, doc_id FROM {source} WHERE faiss_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(faiss_ids)),),
-            )
-        return dict(rows.fetchall())
+        return self._reader().execute(
+            f"SELECT {columns} FROM {source} WHERE faiss_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(faiss_ids)),),
+        )
 
     def document(self, document_id: str) -> Document | None:
         row = (

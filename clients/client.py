@@ -24,6 +24,9 @@ from vecserve.v1 import (
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 60.0
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# The repeated float fields that vectors travel in, written from their packed bytes.
+VECTOR_VALUES_FIELD = index_pb2.Vector.DESCRIPTOR.fields_by_name["values"].number
+DOCUMENT_VECTOR_FIELD = index_pb2.Document.DESCRIPTOR.fields_by_name["vector"].number
 
 
 class VecserveClient:
@@ -400,9 +403,7 @@ class VecserveClient:
                 chunk = zip(
                     words[start : start + batch_size], vectors[start : start + batch_size], strict=True
                 )
-                yield [
-                    index_pb2.Document(id=word, text=word, vector=vector.tolist()) for word, vector in chunk
-                ]
+                yield [make_document(id=word, text=word, vector=vector) for word, vector in chunk]
                 if progress is not None:
                     progress(min(start + batch_size, len(words)))
 
@@ -518,12 +519,13 @@ def make_document(
     vector: Sequence[float] | np.ndarray | None = None,
 ) -> index_pb2.Document:
     """A Document message; an empty id lets the server assign one, no vector lets it embed the text."""
-    return index_pb2.Document(
-        id=id,
-        text=text,
-        metadata={key: metadata_value(value) for key, value in (metadata or {}).items()},
-        vector=np.asarray(vector, dtype=np.float32).tolist() if vector is not None else [],
+    document = index_pb2.Document(
+        id=id, text=text, metadata={key: metadata_value(value) for key, value in (metadata or {}).items()}
     )
+    if vector is not None:
+        # Merged in from its packed wire form, as vector_message does for queries.
+        document.MergeFromString(_packed_floats(vector, DOCUMENT_VECTOR_FIELD))
+    return document
 
 
 def build_filter(spec: Mapping[str, Any]) -> index_pb2.Filter:
@@ -560,7 +562,12 @@ def vector_message(values: Sequence[float] | np.ndarray) -> index_pb2.Vector:
     """A Vector parsed from its packed wire form, the floats' bytes as they are: 6x faster than
     Vector(values=...tolist()), which makes a Python float of each value (100 queries of 384
     dimensions: 0.46 instead of 2.8 ms)."""
+    return index_pb2.Vector.FromString(_packed_floats(values, VECTOR_VALUES_FIELD))
+
+
+def _packed_floats(values: Sequence[float] | np.ndarray, field_number: int) -> bytes:
+    """The repeated float field `field_number` holding `values` (rounded to float32), serialized."""
     packed = np.asarray(values, dtype="<f4")
     if packed.ndim != 1:
-        return index_pb2.Vector(values=packed.tolist())  # refused here, as a nested list
-    return index_pb2.Vector.FromString(packed_floats_header(packed.size) + packed.tobytes())
+        raise TypeError(f"a vector must be one list of numbers, not an array of shape {packed.shape}")
+    return packed_floats_header(packed.size, field_number) + packed.tobytes()

@@ -18,7 +18,7 @@ from vecserve.v1 import index_pb2
 
 from clients import VecserveClient
 from clients.cli import main
-from clients.client import vector_message
+from clients.client import make_document, vector_message
 from service.api.index import queries_from_messages, query_from_message
 from service.cluster.routing import shard_name
 from service.cluster.sharded_store import LocalShard, ShardedStore
@@ -183,9 +183,29 @@ def test_packed_query_vectors_equal_the_values_given(values: object) -> None:
     assert vector_message(values).SerializeToString() == expected.SerializeToString()  # type: ignore[arg-type]
 
 
-def test_a_query_vector_of_rows_is_refused_as_before() -> None:
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(384, dtype=np.float32) / 7,
+        np.arange(40, dtype=">f8")[::2] / 3,  # big-endian, strided float64, rounded to float32
+        [0.5, -1.25, float("nan"), float("inf")],
+        [],
+    ],
+)
+def test_packed_document_vectors_equal_the_values_given(values: object) -> None:
+    fields = {"id": "d1", "text": "dugongs graze", "metadata": {"year": 2021, "lang": "en"}}
+    expected = make_document(**fields)  # type: ignore[arg-type]
+    expected.vector.extend(np.asarray(values, dtype=np.float32).tolist())
+    packed = make_document(**fields, vector=values)  # type: ignore[arg-type]
+    assert packed == expected
+    assert packed.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+
+
+def test_a_query_or_document_vector_of_rows_is_refused_as_before() -> None:
     with pytest.raises(TypeError):
         vector_message(np.zeros((2, 3)))
+    with pytest.raises(TypeError):
+        make_document(id="x", vector=np.zeros((2, 3)))
 
 
 def vector_query(values: list[float], unknown: bytes = b"") -> index_pb2.Query:

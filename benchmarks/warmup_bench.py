@@ -241,7 +241,7 @@ def interleaved_servers(report: Report) -> None:
         section,
         "  share of the building rounds the background batches took",
         median([figures.background_share for figures in during]),
-        "ratio",
+        "fraction",  # of the time, not a ratio of rates: 0 when the build ended before the rounds
         f"setting {BatchingSettings().background_share:g}",
     )
 
@@ -371,7 +371,7 @@ def alternating_rounds(report: Report) -> None:
         "ratio",
         f"median of {len(ratios)} pairs, aim >= 0.8",
     )
-    report.add(section, "  share of the time the background batches took", median(shares), "ratio")
+    report.add(section, "  share of the time the background batches took", median(shares), "fraction")
 
 
 def run(report: Report) -> None:

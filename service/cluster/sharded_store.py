@@ -44,12 +44,13 @@ from service.index.model import (
     Metric,
     Query,
     check_count,
+    check_ids_only,
     normalize_rows,
     prepare_document,
     sort_queries,
 )
 from service.index.search_batching import SearchCoalescer
-from service.index.store import IndexStore, check_ids_only
+from service.index.store import IndexStore
 
 log = logging.getLogger(__name__)
 

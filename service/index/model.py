@@ -299,6 +299,15 @@ def check_vectors_one_by_one(spec: IndexSpec, queries: Sequence[Query], position
         check_vector(queries[position].vector, spec.dimension, spec.metric, f"queries[{position}].vector")
 
 
+def check_ids_only(ids_only: bool, include_vectors: bool) -> None:
+    """ids_only answers ids and scores alone, so asking for the vectors as well is a contradiction."""
+    if ids_only and include_vectors:
+        raise InvalidArgument(
+            "ids_only and include_vectors cannot both be set: ids_only answers ids and scores alone",
+            "ids_only",
+        )
+
+
 @dataclass(slots=True)
 class SortedQueries:
     """A request's queries, checked and sorted by what each searches with."""

@@ -85,6 +85,7 @@ from service.index.model import (
     PreparedDocument,
     Query,
     check_count,
+    check_ids_only,
     check_name,
     normalize_rows,
     plain_query_vector,
@@ -116,15 +117,6 @@ def _stored_bytes(fields: StoredFields) -> int:
     metadata_bytes = sum(len(key) + len(str(value)) + 8 for key, value in metadata.items()) if metadata else 0
     vector_bytes = 4 * len(vector) if vector is not None else 0
     return len(document_id) + len(text) + metadata_bytes + vector_bytes + 16
-
-
-def check_ids_only(ids_only: bool, include_vectors: bool) -> None:
-    """ids_only answers ids and scores alone, so asking for the vectors as well is a contradiction."""
-    if ids_only and include_vectors:
-        raise InvalidArgument(
-            "ids_only and include_vectors cannot both be set: ids_only answers ids and scores alone",
-            "ids_only",
-        )
 
 
 def _check_answer_size(answer_bytes: int, limit: int) -> None:
